@@ -1,0 +1,892 @@
+#!/usr/bin/env python3
+"""Benchmark bnc batch norm against NumPy written the usual way and PyTorch CPU.
+
+One process, one run: for every (op, shape, layout, dtype, threads) it prints
+the median and min time of bnc, NumPy and PyTorch (when ``import torch``
+works), bnc's effective bandwidth under the minimal-traffic model, that
+bandwidth as a percent of a copy bandwidth measured in the same run at the
+same size, speedup ratios, and the peak extra memory of one call.
+
+Usage (from the repository root)::
+
+    python bench/run.py --quick
+    python bench/run.py --threads 1,2 --ops train,backward --json out.json
+
+See bench/README.md for what is measured and how to read the table.
+"""
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import sysconfig
+import time
+import tracemalloc
+
+import numpy as np
+
+EPS = 1e-5
+MiB = 1 << 20
+CACHE_LINE = 64
+L2_BYTES_DEFAULT = 1 * MiB   # the per-core L2 the traffic model assumes
+MIN_REPEATS = 5              # never fewer timed repeats than this
+MIN_SAMPLE_S = 1e-3          # calls faster than this are looped inside a sample
+
+OPS = ("train", "infer", "backward")
+
+# (logical shape, layout, dtype). Image shapes are given as (N, C, H, W);
+# the NHWC array is (N, H, W, C) with channel_axis=-1.
+IMAGE_SHAPES = [(32, 64, 56, 56), (8, 256, 14, 14), (4, 3, 224, 224),
+                (64, 64, 112, 112)]
+FULL_SUITE = (
+    [(s, lay, "float32") for s in IMAGE_SHAPES for lay in ("NCHW", "NHWC")]
+    + [((256, 1024), "NC", "float32"), ((16, 8), "NC", "float32")]
+    + [((32, 64, 56, 56), "NCHW", "float64"),
+       ((32, 64, 56, 56), "NCHW", "float16")]
+)
+QUICK_SUITE = [
+    ((32, 64, 56, 56), "NCHW", "float32"),
+    ((32, 64, 56, 56), "NHWC", "float32"),
+    ((8, 256, 14, 14), "NCHW", "float32"),
+    ((256, 1024), "NC", "float32"),
+]
+
+
+# --------------------------------------------------------------------------
+# environment
+
+def _import_bnc():
+    try:
+        import bnc
+        return bnc
+    except ImportError:
+        pass
+    # Running from a source checkout with an in-place build.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    try:
+        import bnc
+        return bnc
+    except ImportError as e:
+        sys.exit(f"error: cannot import bnc ({e}). Install it (pip install .) "
+                 "or build it in place and run from the repository root.")
+
+
+def _import_torch(disabled):
+    if disabled:
+        return None, "disabled (--no-torch)"
+    try:
+        import torch
+        import torch.nn.functional  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return None, f"not available ({type(e).__name__}: {e}); torch columns skipped"
+    return torch, torch.__version__
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "Hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _caches():
+    """'L1d 32K, L2 1024K, L3 32768K' for cpu0, from sysfs (Linux)."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    out = []
+    try:
+        for idx in sorted(os.listdir(base)):
+            d = os.path.join(base, idx)
+            if not idx.startswith("index"):
+                continue
+            def rd(name):
+                with open(os.path.join(d, name)) as f:
+                    return f.read().strip()
+            typ = rd("type")
+            if typ == "Instruction":
+                continue
+            lvl = rd("level")
+            out.append(f"L{lvl}{'d' if typ == 'Data' else ''} {rd('size')}")
+    except OSError:
+        return "unknown"
+    return ", ".join(out) or "unknown"
+
+
+def _compiler():
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    try:
+        v = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                           timeout=10).stdout.splitlines()
+        return f"{cc}: {v[0]}" if v else cc
+    except Exception:
+        return cc
+
+
+def _header(bnc, torch, torch_info, threads, args):
+    try:
+        omp = bnc.openmp_enabled()
+    except Exception as e:
+        omp = f"error: {e}"
+    try:
+        bnc_default_threads = bnc.get_num_threads()
+    except Exception as e:
+        bnc_default_threads = f"error: {e}"
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": _usable_cores(),
+        "caches": _caches(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "bnc": getattr(bnc, "__version__", "unknown"),
+        "bnc_file": getattr(bnc, "__file__", None),
+        "bnc_openmp": omp,
+        "bnc_default_threads": bnc_default_threads,
+        "torch": torch_info,
+        "compiler": _compiler(),
+        "threads": threads,
+        "l2_model_bytes": args.l2_kib * 1024,
+        "budget_s": args.budget,
+        "max_repeats": args.repeats,
+        "suite": "quick" if args.quick else "full",
+    }
+    return info
+
+
+# --------------------------------------------------------------------------
+# timing and memory
+
+def time_call(fn, max_repeats, budget):
+    """Warm up, then time fn() with perf_counter.
+
+    Returns (stats, result of the first warm-up call). Calls shorter than
+    MIN_SAMPLE_S are looped `inner` times per sample and each sample is
+    divided by `inner`. The number of samples keeps the measurement near
+    `budget` seconds, between MIN_REPEATS and max(max_repeats, MIN_REPEATS).
+    Results of timed calls are dropped at once.
+    """
+    gc_on = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        first = fn()
+        est = time.perf_counter() - t0
+        if est < 0.25:               # a second warm-up for cheap calls
+            t0 = time.perf_counter()
+            fn()
+            est = time.perf_counter() - t0
+        inner = 1
+        if est < MIN_SAMPLE_S:
+            inner = int(min(10000, math.ceil(MIN_SAMPLE_S / max(est, 1e-7))))
+        repeats = int(budget / max(est * inner, 1e-9))
+        repeats = max(MIN_REPEATS, min(max(max_repeats, MIN_REPEATS), repeats))
+        samples = []
+        pc = time.perf_counter
+        for _ in range(repeats):
+            if inner == 1:
+                t0 = pc()
+                fn()
+                samples.append(pc() - t0)
+            else:
+                t0 = pc()
+                for _ in range(inner):
+                    fn()
+                samples.append((pc() - t0) / inner)
+    finally:
+        if gc_on:
+            gc.enable()
+    ms = sorted(s * 1e3 for s in samples)
+    stats = {
+        "median_ms": float(np.median(ms)),
+        "min_ms": ms[0],
+        "repeats": repeats,
+        "inner": inner,
+        "samples_ms": [s * 1e3 for s in samples],
+    }
+    return stats, first
+
+
+def peak_extra_bytes(fn):
+    """Peak bytes allocated (as seen by tracemalloc) during one call of fn.
+
+    NumPy reports its array buffers to tracemalloc, so this counts the
+    output arrays and every temporary; memory a C kernel gets from malloc
+    directly (bnc's O(C + threads x block) scratch) is not seen.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        r = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del r
+    return max(0, peak - before)
+
+
+_copy_cache = {}
+
+
+def copy_bandwidth(nbytes, budget):
+    """STREAM-style copy bandwidth, GB/s = 2 * nbytes / best time.
+
+    np.copyto over two float32 arrays of nbytes (single-threaded).
+    """
+    if nbytes in _copy_cache:
+        return _copy_cache[nbytes]
+    n = max(1, nbytes // 4)
+    src = np.ones(n, dtype=np.float32)
+    dst = np.zeros(n, dtype=np.float32)   # touched: no page faults in the timing
+    stats, _ = time_call(lambda: np.copyto(dst, src), 50, budget)
+    gbs = 2 * n * 4 / (stats["min_ms"] * 1e-3) / 1e9
+    _copy_cache[nbytes] = gbs
+    return gbs
+
+
+# --------------------------------------------------------------------------
+# the usual NumPy code
+
+def np_train(x, w, b, axes, bshape):
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + EPS) * w.reshape(bshape) + b.reshape(bshape)
+    return y
+
+
+def np_infer(x, w, b, rm, rv, bshape):
+    return ((x - rm.reshape(bshape)) / np.sqrt(rv.reshape(bshape) + EPS)
+            * w.reshape(bshape) + b.reshape(bshape))
+
+
+def np_infer_out(x, w, b, rm, rv, bshape, out):
+    # Preallocated output: fold the affine into scale/shift (O(C)) and
+    # write through ufunc out=, no temporaries of the size of x.
+    scale = w / np.sqrt(rv + EPS)
+    shift = b - rm * scale
+    np.multiply(x, scale.reshape(bshape), out=out)
+    np.add(out, shift.reshape(bshape), out=out)
+    return out
+
+
+def np_backward(dy, x, w, mean, invstd, axes, bshape):
+    # mean and invstd (keepdims shape) come from the forward pass.
+    m = x.size // w.size
+    xhat = (x - mean) * invstd
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * xhat).sum(axis=axes)
+    dx = (w.reshape(bshape) * invstd) * (
+        dy - dbias.reshape(bshape) / m - xhat * (dweight.reshape(bshape) / m))
+    return dx, dweight, dbias
+
+
+# --------------------------------------------------------------------------
+# one benchmark case: inputs allocated once, shared by every op and library
+
+class Case:
+    def __init__(self, shape, layout, dtype, seed=0):
+        self.shape = tuple(shape)      # logical: (N, C, H, W) or (N, C)
+        self.layout = layout
+        self.dtype = np.dtype(dtype)
+        if layout == "NHWC":
+            n, c, h, w = shape
+            self.array_shape = (n, h, w, c)
+            self.channel_axis = -1
+            self.outer, self.inner = n * h * w, 1
+        else:
+            self.array_shape = tuple(shape)
+            self.channel_axis = 1
+            self.outer = shape[0]
+            self.inner = int(np.prod(shape[2:], dtype=np.int64))
+        self.C = shape[1]
+        ax = self.channel_axis % len(self.array_shape)
+        self.axes = tuple(i for i in range(len(self.array_shape)) if i != ax)
+        bshape = [1] * len(self.array_shape)
+        bshape[ax] = self.C
+        self.bshape = tuple(bshape)
+
+        rng = np.random.default_rng(seed)
+        gen_dt = np.float64 if self.dtype == np.float64 else np.float32
+        self.x = (rng.standard_normal(self.array_shape, dtype=gen_dt) * 1.5
+                  + 0.5).astype(self.dtype, copy=False)
+        self.dy = rng.standard_normal(self.array_shape, dtype=gen_dt).astype(
+            self.dtype, copy=False)
+        pdt = np.float64 if self.dtype == np.float64 else np.float32
+        self.w = rng.uniform(0.5, 1.5, self.C).astype(pdt)
+        self.b = (rng.standard_normal(self.C) * 0.1).astype(pdt)
+        self.rm = (rng.standard_normal(self.C) * 0.1 + 0.5).astype(pdt)
+        self.rv = rng.uniform(1.5, 3.0, self.C).astype(pdt)
+        # NumPy code keeps its parameters in the dtype of x (a float16 model
+        # holds float16 parameters); cast once, outside the timings.
+        self.np_w, self.np_b, self.np_rm, self.np_rv = (
+            a.astype(self.dtype) for a in (self.w, self.b, self.rm, self.rv))
+        self.nbytes = self.x.nbytes
+
+    @property
+    def label_shape(self):
+        return "x".join(map(str, self.shape))
+
+    def channel_footprint(self):
+        """Bytes of the cache lines that hold one channel of x.
+
+        Channel slabs (inner > 1): outer * inner * itemsize. Interleaved
+        channels (inner == 1, NHWC and 2-D): a channel has one value per
+        row, so it touches outer lines of min(row bytes, 64 B).
+        """
+        isz = self.dtype.itemsize
+        if self.inner > 1:
+            return self.outer * self.inner * isz
+        return self.outer * min(self.C * isz, CACHE_LINE)
+
+    def traffic_factor(self, op, l2):
+        slab = self.channel_footprint()
+        if op == "train":
+            return 2 if slab <= l2 else 3
+        if op == "backward":
+            return 3 if 2 * slab <= l2 else 5
+        return 2   # inference
+
+
+# --------------------------------------------------------------------------
+# callables per library
+
+def make_bnc(bnc, case, op, n):
+    x, w, b, ax = case.x, case.w, case.b, case.channel_axis
+    if op == "train":
+        return lambda: bnc.batch_norm_forward(x, w, b, channel_axis=ax,
+                                              n_threads=n)[0]
+    if op == "infer":
+        rm, rv = case.rm, case.rv
+        return lambda: bnc.batch_norm(x, w, b, rm, rv, training=False,
+                                      channel_axis=ax, n_threads=n)
+    if op == "infer:out":
+        rm, rv = case.rm, case.rv
+        out = np.empty_like(x)
+        out.fill(0)
+        return lambda: bnc.batch_norm(x, w, b, rm, rv, training=False,
+                                      channel_axis=ax, out=out, n_threads=n)
+    if op == "backward":
+        dy = case.dy
+        saved = case.bnc_saved
+        return lambda: bnc.batch_norm_backward(dy, x, w, saved,
+                                               channel_axis=ax, n_threads=n)
+    raise ValueError(op)
+
+
+def make_numpy(case, op):
+    x, axes, bshape = case.x, case.axes, case.bshape
+    w, b, rm, rv = case.np_w, case.np_b, case.np_rm, case.np_rv
+    if op == "train":
+        return lambda: np_train(x, w, b, axes, bshape)
+    if op == "infer":
+        return lambda: np_infer(x, w, b, rm, rv, bshape)
+    if op == "infer:out":
+        out = np.empty_like(x)
+        out.fill(0)
+        return lambda: np_infer_out(x, w, b, rm, rv, bshape, out)
+    if op == "backward":
+        dy = case.dy
+        mean = x.mean(axis=axes, keepdims=True)
+        invstd = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + EPS)
+        return lambda: np_backward(dy, x, w, mean, invstd, axes, bshape)
+    raise ValueError(op)
+
+
+class TorchCase:
+    """Torch views of the case's arrays (no copies).
+
+    NHWC arrays are permuted to the logical NCHW shape, i.e. channels_last
+    memory format, which is how PyTorch represents them.
+    """
+
+    def __init__(self, torch, case):
+        self.torch = torch
+        self.nhwc = case.layout == "NHWC"
+        self.x = self.view(case.x)
+        self.dy = self.view(case.dy)
+        self.w, self.b, self.rm, self.rv = (
+            torch.from_numpy(a) for a in (case.w, case.b, case.rm, case.rv))
+
+    def view(self, a):
+        t = self.torch.from_numpy(a)
+        return t.permute(0, 3, 1, 2) if self.nhwc else t
+
+    def to_numpy(self, t):
+        t = t.detach()
+        if self.nhwc:
+            t = t.permute(0, 2, 3, 1)
+        return t.numpy()
+
+
+def make_torch(torch, tc, case, op):
+    F = torch.nn.functional
+    x, w, b = tc.x, tc.w, tc.b
+    if op == "train":
+        return lambda: F.batch_norm(x, None, None, w, b, training=True, eps=EPS)
+    if op == "infer":
+        rm, rv = tc.rm, tc.rv
+        return lambda: F.batch_norm(x, rm, rv, w, b, training=False, eps=EPS)
+    if op == "infer:out":
+        rm, rv = tc.rm, tc.rv
+        out = tc.view(np.zeros_like(case.x))   # same memory format as x
+        sm = torch.empty(0, dtype=w.dtype)
+        si = torch.empty(0, dtype=w.dtype)
+        aten_out = torch.ops.aten.native_batch_norm.out
+
+        def f():
+            aten_out(x, w, b, rm, rv, False, 0.1, EPS, out=out, save_mean=sm,
+                     save_invstd=si)
+            return out
+        return f
+    if op == "backward":
+        # Forward outside the timing; time only the aten backward kernel
+        # (what autograd calls for y.backward(dy), minus graph overhead).
+        _, smean, sinvstd = torch.ops.aten.native_batch_norm(
+            x, w, b, None, None, True, 0.1, EPS)
+        dy = tc.dy
+        bwd = torch.ops.aten.native_batch_norm_backward
+        mask = [True, True, True]
+        return lambda: bwd(dy, x, w, None, None, smean, sinvstd, True, EPS, mask)
+    raise ValueError(op)
+
+
+# --------------------------------------------------------------------------
+# checks (outside the timings)
+
+TOL = {"float64": 1e-9, "float32": 1e-4, "float16": 3e-2}
+
+
+def _as_list(r):
+    """Result of an op as a list of ndarrays (output, [grad_w, grad_b])."""
+    if isinstance(r, np.ndarray):
+        return [r]
+    return [np.asarray(a) for a in r]
+
+
+def rel_err(got, ref):
+    """max |got - ref| / max |ref| over the arrays of a result."""
+    worst = 0.0
+    for g, r in zip(got, ref):
+        if g.shape != r.shape:
+            return float("inf")
+        g64 = np.asarray(g, dtype=np.float64)
+        r64 = np.asarray(r, dtype=np.float64)
+        scale = float(np.max(np.abs(r64))) if r64.size else 0.0
+        diff = float(np.max(np.abs(g64 - r64))) if r64.size else 0.0
+        if math.isnan(diff):
+            return float("nan")
+        worst = max(worst, diff / max(scale, 1e-30))
+    return worst
+
+
+def _same_bits(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# --------------------------------------------------------------------------
+# table
+
+def fmt_ms(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v >= 1000:
+        return f"{v:.0f}"
+    if v >= 100:
+        return f"{v:.1f}"
+    if v >= 10:
+        return f"{v:.2f}"
+    if v >= 1:
+        return f"{v:.3f}"
+    return f"{v:.4f}"
+
+
+def fmt_ratio(v):
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def fmt_x(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+class Table:
+    def __init__(self, with_torch):
+        self.with_torch = with_torch
+        cols = [("op", 9, "<"), ("shape", 15, "<"), ("layout", 6, "<"),
+                ("dtype", 7, "<"), ("thr", 3, ">"),
+                ("bnc med", 8, ">"), ("min", 8, ">"),
+                ("np med", 8, ">"), ("min", 8, ">")]
+        if with_torch:
+            cols += [("torch med", 9, ">"), ("min", 8, ">")]
+        cols += [("GB/s", 6, ">"), ("model", 5, ">"), ("%copy", 6, ">"),
+                 ("vs np", 7, ">")]
+        if with_torch:
+            cols += [("vs torch", 8, ">")]
+        cols += [("mem bnc", 7, ">"), ("mem np", 7, ">")]
+        self.cols = cols
+
+    def line(self, values):
+        return "  ".join(f"{v:{a}{w}}" for v, (_, w, a) in zip(values, self.cols))
+
+    def head(self):
+        h = self.line([c[0] for c in self.cols])
+        return h + "\n" + "-" * len(h)
+
+    def row(self, r):
+        def lib(name):
+            s = r[name]
+            if s is None:
+                return ["-", "-"]
+            if "error" in s:
+                return ["ERR", "-"]
+            return [fmt_ms(s["median_ms"]), fmt_ms(s["min_ms"])]
+        vals = [r["op"], r["shape"], r["layout"], r["dtype"], str(r["threads"])]
+        vals += lib("bnc") + lib("numpy")
+        if self.with_torch:
+            vals += lib("torch")
+        vals += ["-" if r["bnc_GBs"] is None else f"{r['bnc_GBs']:.1f}",
+                 f"{r['traffic_factor']}x",
+                 "-" if r["pct_copy"] is None else f"{r['pct_copy']:.0f}%",
+                 fmt_ratio(r["speedup_vs_numpy"])]
+        if self.with_torch:
+            vals += [fmt_ratio(r["speedup_vs_torch"])]
+        vals += [fmt_x(r["mem_bnc_x"]), fmt_x(r["mem_numpy_x"])]
+        return self.line(vals)
+
+
+def print_header(info, args, with_torch):
+    p = print
+    p("bnc batch-norm benchmark")
+    p(f"  date      {info['date']}")
+    p(f"  machine   {info['machine']}, {info['cores']} cores "
+      f"({info['usable_cores']} usable); caches (cpu0): {info['caches']}")
+    p(f"  platform  {info['platform']}")
+    p(f"  python    {info['python']}   numpy {info['numpy']}   "
+      f"torch {info['torch']}")
+    p(f"  bnc       {info['bnc']}  openmp_enabled={info['bnc_openmp']}  "
+      f"default threads={info['bnc_default_threads']}  ({info['bnc_file']})")
+    p(f"  compiler  {info['compiler']} (Python's CC)")
+    p(f"  suite     {info['suite']}, threads {info['threads']}, "
+      f"budget {args.budget:g} s per measurement, "
+      f"{MIN_REPEATS}..{max(args.repeats, MIN_REPEATS)} timed repeats after warm-up")
+    p("Columns: times in ms (median and min over repeats; sub-ms calls are "
+      "looped and averaged per sample).")
+    p("  bnc: n_threads=thr.  np: the usual NumPy code, single-threaded, "
+      "measured once per case (same value on each thr row).")
+    if with_torch:
+        p("  torch: torch.set_num_threads(thr); F.batch_norm for train/infer, "
+          "aten native_batch_norm.out for infer:out,")
+        p("         aten native_batch_norm_backward for backward (forward "
+          "outside the timing). NHWC = channels_last.")
+    p(f"  GB/s: bnc bytes under the minimal-traffic model (model = bytes moved "
+      f"/ x.nbytes; L2 = {info['l2_model_bytes'] // 1024} KiB) / bnc min time.")
+    p("  %copy: GB/s as a percent of a copy bandwidth at x.nbytes "
+      "(np.copyto, SINGLE-THREADED, 2*nbytes/min time; same on every thr row).")
+    p("  vs np, vs torch: their median / bnc median (>1: bnc faster).")
+    p("  mem: peak extra memory of one call (tracemalloc) in units of x.nbytes, "
+      "outputs included; bnc's C scratch is not seen.")
+    p()
+
+
+# --------------------------------------------------------------------------
+# main loop
+
+def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
+    tc = TorchCase(torch, case) if torch is not None else None
+    l2 = args.l2_kib * 1024
+    copy_gbs = copy_bandwidth(case.nbytes, min(args.budget, 0.5))
+    caselabel = f"{case.label_shape} {case.layout} {case.dtype.name}"
+
+    def guarded(fn, what):
+        try:
+            return fn()
+        except Exception as e:
+            problems.append(f"{caselabel} {what}: {type(e).__name__}: {e}")
+            return None
+
+    # bnc's forward statistics for the backward; outside every timing.
+    if "backward" in ops:
+        case.bnc_saved = guarded(
+            lambda: bnc.batch_norm_forward(case.x, case.w, case.b,
+                                           channel_axis=case.channel_axis)[1],
+            "batch_norm_forward (for backward)")
+
+    expanded = []
+    for op in ops:
+        expanded += ["infer", "infer:out"] if op == "infer" else [op]
+
+    for op in expanded:
+        if op == "backward" and case.bnc_saved is None:
+            problems.append(f"{caselabel} backward: skipped (forward failed)")
+            continue
+        factor = case.traffic_factor(op, l2)
+
+        # NumPy once (single-threaded), kept as the reference result.
+        np_stats, np_ref = None, None
+        if not args.no_numpy:
+            fn = make_numpy(case, op)
+            res = guarded(lambda: time_call(fn, args.repeats, args.budget),
+                          f"{op} numpy")
+            if res is not None:
+                np_stats, np_ref = res
+                np_ref = _as_list(np_ref)
+            mem_np = guarded(lambda: peak_extra_bytes(fn), f"{op} numpy memory")
+        else:
+            mem_np = None
+
+        mem_bnc = None
+        bnc_first = None
+        for n in threads:
+            row = {"op": op, "shape": case.label_shape, "layout": case.layout,
+                   "dtype": case.dtype.name, "threads": n,
+                   "array_shape": list(case.array_shape),
+                   "channel_axis": case.channel_axis,
+                   "nbytes": case.nbytes, "traffic_factor": factor,
+                   "model_bytes": factor * case.nbytes,
+                   "channel_footprint_bytes": case.channel_footprint(),
+                   "copy_GBs_1thread": copy_gbs,
+                   "numpy": np_stats, "torch": None, "bnc": None}
+            # bnc
+            fb = guarded(lambda: make_bnc(bnc, case, op, n), f"{op} bnc setup")
+            res = (guarded(lambda: time_call(fb, args.repeats, args.budget),
+                           f"{op} bnc threads={n}") if fb else None)
+            if res is None:
+                row["bnc"] = {"error": True}
+            else:
+                row["bnc"], out = res
+                out = _as_list(out)
+                if np_ref is not None:
+                    e = rel_err(out, np_ref)
+                    row["bnc_rel_err_vs_numpy"] = e
+                    if not e <= TOL[case.dtype.name]:
+                        problems.append(
+                            f"{caselabel} {op} threads={n}: bnc differs from "
+                            f"numpy, max rel err {e:.3g} (tol {TOL[case.dtype.name]:g})")
+                if bnc_first is None:
+                    bnc_first = (n, [a.copy() for a in out])
+                else:
+                    same = _same_bits(out, bnc_first[1])
+                    row["bnc_bitwise_same_as_threads_" + str(bnc_first[0])] = same
+                    if not same:
+                        problems.append(
+                            f"{caselabel} {op}: bnc threads={n} is not bit-identical "
+                            f"to threads={bnc_first[0]}")
+                del out
+                if mem_bnc is None:
+                    mem_bnc = guarded(lambda: peak_extra_bytes(fb),
+                                      f"{op} bnc memory")
+            del fb
+            # torch
+            if tc is not None:
+                prev = torch.get_num_threads()
+                torch.set_num_threads(n)
+                try:
+                    ft = guarded(lambda: make_torch(torch, tc, case, op), f"{op} torch setup")
+                    res = (guarded(lambda: time_call(ft, args.repeats, args.budget),
+                                   f"{op} torch threads={n}") if ft else None)
+                finally:
+                    torch.set_num_threads(prev)
+                if res is None:
+                    row["torch"] = {"error": True}
+                else:
+                    row["torch"], tout = res
+                    if isinstance(tout, tuple):
+                        tout = [tc.to_numpy(tout[0])] + [t.numpy() for t in tout[1:]]
+                    else:
+                        tout = [tc.to_numpy(tout)]
+                    if np_ref is not None:
+                        e = rel_err(tout, np_ref)
+                        row["torch_rel_err_vs_numpy"] = e
+                        if not e <= TOL[case.dtype.name]:
+                            problems.append(
+                                f"{caselabel} {op} threads={n}: torch differs from "
+                                f"numpy, max rel err {e:.3g}")
+                    del tout
+                del ft
+
+            # derived numbers
+            b = row["bnc"]
+            ok = b is not None and "error" not in b
+            row["bnc_GBs"] = (factor * case.nbytes / (b["min_ms"] * 1e-3) / 1e9
+                              if ok else None)
+            row["pct_copy"] = (100 * row["bnc_GBs"] / copy_gbs if ok else None)
+
+            def speedup(other):
+                o = row[other]
+                if not ok or o is None or "error" in o:
+                    return None
+                return o["median_ms"] / b["median_ms"]
+            row["speedup_vs_numpy"] = speedup("numpy")
+            row["speedup_vs_torch"] = speedup("torch")
+            row["mem_bnc_bytes"] = mem_bnc
+            row["mem_numpy_bytes"] = mem_np
+            row["mem_bnc_x"] = None if mem_bnc is None else mem_bnc / case.nbytes
+            row["mem_numpy_x"] = None if mem_np is None else mem_np / case.nbytes
+            records.append(row)
+            print(table.row(row), flush=True)
+        del np_ref, bnc_first
+        gc.collect()
+    print(flush=True)
+
+
+def plot(records, path, with_torch):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:
+        print(f"--plot: matplotlib is not importable ({type(e).__name__}: {e}); "
+              f"no chart written. pip install matplotlib to get one.",
+              file=sys.stderr)
+        return
+    rows = [r for r in records if r["speedup_vs_numpy"] or r["speedup_vs_torch"]]
+    if not rows:
+        print("--plot: nothing to plot", file=sys.stderr)
+        return
+    labels = [f"{r['op']} {r['shape']} {r['layout']} {r['dtype']} t{r['threads']}"
+              for r in rows]
+    series = [("bnc vs numpy", "speedup_vs_numpy", "tab:blue")]
+    if with_torch:
+        series.append(("bnc vs torch", "speedup_vs_torch", "tab:orange"))
+    h = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(10, 1.0 + 0.28 * len(rows) * len(series)))
+    ys = np.arange(len(rows))
+    for k, (name, key, color) in enumerate(series):
+        vals = np.array([r[key] if r[key] else np.nan for r in rows])
+        # Bars grow from 1 (parity): right = bnc faster, left = slower.
+        ax.barh(ys + (k - (len(series) - 1) / 2) * h, vals - 1.0, left=1.0,
+                height=h, label=name, color=color)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup (other median / bnc median; >1 = bnc faster)")
+    ax.set_title("bnc batch norm speedups")
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"chart written to {path}", file=sys.stderr)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="bnc batch norm vs NumPy (the usual code) vs PyTorch CPU.")
+    p.add_argument("--quick", action="store_true",
+                   help="4 float32 cases and a smaller time budget (<1 min)")
+    p.add_argument("--ops", default=",".join(OPS),
+                   help="comma list of train,infer,backward (default: all; "
+                        "infer also times out= into a preallocated array)")
+    p.add_argument("--threads", default=None,
+                   help="comma list of thread counts (default: 1 and all cores)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="maximum timed repeats per measurement (default 30, "
+                        f"--quick 10); never fewer than {MIN_REPEATS}")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds per measurement that set the repeat count "
+                        "(default 0.4, --quick 0.1)")
+    p.add_argument("--json", metavar="PATH", help="write raw results as JSON")
+    p.add_argument("--plot", metavar="PATH",
+                   help="write a PNG bar chart of the speedups (needs matplotlib)")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--no-numpy", action="store_true",
+                   help="skip the NumPy baseline (and the correctness check)")
+    p.add_argument("--l2-kib", type=int, default=L2_BYTES_DEFAULT // 1024,
+                   help="L2 size assumed by the traffic model (default 1024)")
+    args = p.parse_args(argv)
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    bad = [o for o in ops if o not in OPS]
+    if bad or not ops:
+        p.error(f"--ops: unknown {bad}; choose from {','.join(OPS)}")
+    args.ops = [o for o in OPS if o in ops]
+    if args.threads is None:
+        args.threads = sorted({1, _usable_cores()})
+    else:
+        try:
+            args.threads = [int(t) for t in args.threads.split(",") if t.strip()]
+        except ValueError:
+            p.error("--threads: expected a comma list of integers, e.g. 1,2")
+        if not args.threads or any(t < 1 for t in args.threads):
+            p.error("--threads: thread counts must be >= 1")
+    if args.repeats is None:
+        args.repeats = 10 if args.quick else 30
+    if args.repeats < MIN_REPEATS:
+        print(f"--repeats {args.repeats} raised to {MIN_REPEATS}", file=sys.stderr)
+        args.repeats = MIN_REPEATS
+    if args.budget is None:
+        args.budget = 0.1 if args.quick else 0.4
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    bnc = _import_bnc()
+    torch, torch_info = _import_torch(args.no_torch)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except Exception:
+            print("--plot: matplotlib is not importable; the benchmark runs but "
+                  "writes no chart (pip install matplotlib).", file=sys.stderr)
+            args.plot = None
+
+    info = _header(bnc, torch, torch_info, args.threads, args)
+    with_torch = torch is not None
+    print_header(info, args, with_torch)
+    table = Table(with_torch)
+    print(table.head(), flush=True)
+
+    suite = QUICK_SUITE if args.quick else FULL_SUITE
+    records, problems = [], []
+    t_start = time.perf_counter()
+    for shape, layout, dtype in suite:
+        case = Case(shape, layout, dtype)
+        run_case(case, args.ops, args.threads, bnc, torch, args, table,
+                 records, problems)
+        del case
+        gc.collect()
+    elapsed = time.perf_counter() - t_start
+
+    print(f"total {elapsed:.0f} s")
+    if problems:
+        print(f"\n{len(problems)} problem(s):")
+        for msg in problems:
+            print("  " + msg)
+    elif not args.no_numpy:
+        print("checks: bnc matches numpy within tolerance (" +
+              ", ".join(f"{k} {v:g}" for k, v in TOL.items()) +
+              ") and is bit-identical across thread counts on every case.")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "ops": args.ops, "elapsed_s": elapsed,
+                       "problems": problems, "results": records}, f, indent=1)
+        print(f"raw results written to {args.json}", file=sys.stderr)
+    if args.plot:
+        plot(records, args.plot, with_torch)
+    return 1 if any("Error" in m for m in problems) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""bnc - batch normalization for NumPy arrays, with C + OpenMP kernels.
+
+Functional API (see API.md): batch_norm, batch_norm_forward, batch_norm_backward,
+batch_norm_stats, combine_stats, update_running_stats; thread control:
+get_num_threads, set_num_threads, num_threads, openmp_enabled. `bnc.reference`
+holds readable float64 NumPy twins of every op.
+"""
+from bnc._core import c_version as _c_version
+from bnc.batchnorm import (
+    BatchNormSaved,
+    Grads,
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_forward,
+    batch_norm_stats,
+    combine_stats,
+    update_running_stats,
+)
+from bnc.threads import get_num_threads, num_threads, openmp_enabled, set_num_threads
+
+__version__ = "0.1.0"
+assert _c_version() == __version__, "bnc: the C core and the package disagree"
+
+__all__ = [
+    "BatchNormSaved",
+    "Grads",
+    "batch_norm",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
+    "batch_norm_stats",
+    "combine_stats",
+    "update_running_stats",
+    "get_num_threads",
+    "set_num_threads",
+    "num_threads",
+    "openmp_enabled",
+    "__version__",
+]
+

@@ -1,0 +1,629 @@
+"""bnc._core - the compiled module: validate -> canonical view -> nogil C call.
+
+Every public kernel here follows the same order (see STYLE.md): check every
+argument and raise naming it, build the canonical (outer, C, inner) view and
+allocate outputs, resolve the thread count, dispatch on dtype, call C without
+the GIL, and map the status code to an exception.
+"""
+import operator
+import os
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+from bnc._cbnc cimport *
+
+cnp.import_array()
+
+from numpy.lib.array_utils import normalize_axis_index
+
+__all__ = [
+    "batch_norm_stats", "batch_norm_forward_raw", "batch_norm_backward_raw",
+    "batch_norm_backward_reduce", "batch_norm_backward_elemt",
+    "get_num_threads", "set_num_threads", "openmp_enabled", "c_version",
+]
+
+# ---------------------------------------------------------------- threads ---
+
+cdef object _global_threads = None  # set_num_threads() value, or None
+
+
+def _env_threads():
+    value = os.environ.get("BNC_NUM_THREADS")
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"BNC_NUM_THREADS must be an integer, got {value!r}") from None
+    return _count_back(n, "BNC_NUM_THREADS")
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _count_back(n, name):
+    if n == 0:
+        raise ValueError(f"{name} must be a non-zero integer, got 0")
+    if n < 0:
+        return max(1, _usable_cores() + 1 + n)
+    return n
+
+
+def get_num_threads():
+    """Number of threads a kernel call uses when n_threads is None.
+
+    The value set by `set_num_threads`, else BNC_NUM_THREADS, else OpenMP's
+    default (OMP_NUM_THREADS, a threadpoolctl limit, or the usable cores).
+    """
+    if _global_threads is not None:
+        return _global_threads
+    env = _env_threads()
+    if env is not None:
+        return env
+    return bnc_default_threads()
+
+
+def set_num_threads(n):
+    """Set the default thread count (None restores the default); returns the previous.
+
+    n < 0 counts back from the usable cores (-1: all of them); 0 is a ValueError.
+    """
+    global _global_threads
+    previous = get_num_threads()
+    _global_threads = None if n is None else _count_back(_as_int(n, "n"), "n")
+    return previous
+
+
+cdef int _threads(object n_threads) except -1:
+    if n_threads is None:
+        return get_num_threads()
+    return _count_back(_as_int(n_threads, "n_threads"), "n_threads")
+
+
+def openmp_enabled():
+    """True if the C core was built with OpenMP."""
+    return bool(bnc_openmp_enabled())
+
+
+def c_version():
+    """Version string of the compiled C core."""
+    return bnc_version().decode()
+
+
+# ------------------------------------------------------------- validation ---
+
+cdef object _as_int(object v, str name):
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}") from None
+
+
+cdef object _as_input(object v, str name):
+    """v as a float16/32/64 ndarray in native byte order, at least 2-D, not empty."""
+    a = v if type(v) is np.ndarray else np.asarray(v)
+    dt = a.dtype
+    if dt.kind != "f" or dt.itemsize not in (2, 4, 8):
+        raise TypeError(f"{name} must be a float16, float32 or float64 array, got dtype {dt}")
+    if not dt.isnative:
+        a = a.astype(dt.newbyteorder("="))
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have at least 2 dimensions (N, C, ...), got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    return a
+
+
+def stat_dtype(dtype):
+    """dtype of per-channel arrays for data of `dtype`: float64 for float64, else float32."""
+    return np.dtype(np.float64) if np.dtype(dtype).itemsize == 8 else np.dtype(np.float32)
+
+
+cdef object _param(object v, str name, int64_t C, object xdt):
+    """A per-channel input (weight, bias, mean, ...) as a contiguous (C,) array."""
+    if v is None:
+        return None
+    pdt = stat_dtype(xdt)
+    if isinstance(v, np.ndarray):
+        if v.dtype != pdt and v.dtype != xdt:
+            raise TypeError(f"{name} must have dtype {pdt} for {xdt} input, got {v.dtype}")
+    else:
+        v = np.asarray(v)
+        if v.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must hold real numbers, got dtype {v.dtype}")
+    if v.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},), one value per channel, got {v.shape}")
+    return np.ascontiguousarray(v, dtype=pdt)
+
+
+def check_eps(eps):
+    """eps as a float; ValueError unless finite and > 0."""
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    if not (e > 0 and e != float("inf")):
+        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+    return e
+
+
+cdef int _axis(object channel_axis, int ndim) except -1:
+    return normalize_axis_index(_as_int(channel_axis, "channel_axis"), ndim,
+                                "channel_axis")
+
+
+def channel_index(channel_axis, ndim):
+    """channel_axis as an index in [0, ndim); AxisError naming it otherwise."""
+    return _axis(channel_axis, ndim)
+
+
+def as_int(v, name):
+    """v as a Python int; TypeError naming `name` otherwise."""
+    return _as_int(v, name)
+
+
+cdef object _check_out(object out, object x, str name):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"{name} must have dtype {x.dtype}, got {out.dtype}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+cdef object _refuse_overlap(object out, str name, list inputs, object allowed):
+    """ValueError if out shares memory with an input (other than `allowed` itself)."""
+    for other, oname in inputs:
+        if other is None:
+            continue
+        if allowed is not None and other is allowed and _same_view(out, other):
+            continue
+        if np.may_share_memory(out, other) and np.shares_memory(out, other):
+            raise ValueError(f"{name} must not overlap {oname}"
+                             + (" (only out=x exactly is allowed)" if allowed is not None else ""))
+
+
+cdef bint _same_view(object a, object b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides and a.shape == b.shape)
+
+
+# --------------------------------------------------------- canonical view ---
+
+cdef class _Layout:
+    """Which axes of an array fold into outer and inner, as read off x."""
+    cdef public int axis
+    cdef public tuple outer_axes, inner_axes
+    cdef bnc_dims_t d
+
+    def __init__(self, x, int axis):
+        shape, st = x.shape, x.strides
+        C = shape[axis]
+        ckey = abs(st[axis]) if C > 1 else None  # one channel: all other axes inner
+        axes = sorted((a for a in range(x.ndim) if a != axis and shape[a] > 1),
+                      key=lambda a: -abs(st[a]))
+        self.axis = axis
+        self.outer_axes = tuple(a for a in axes if ckey is not None and abs(st[a]) > ckey)
+        self.inner_axes = tuple(a for a in axes if ckey is None or abs(st[a]) <= ckey)
+        self.d.channels = C
+        self.d.outer = 1
+        for a in self.outer_axes:
+            self.d.outer *= shape[a]
+        self.d.inner = 1
+        for a in self.inner_axes:
+            self.d.inner *= shape[a]
+
+    cdef bint strides_of(self, object arr, bnc_strides_t *s):
+        """Element strides of arr in this layout; False if arr does not fit it."""
+        cdef Py_ssize_t isz = arr.itemsize
+        if not arr.flags.aligned:
+            return False
+        shape, st = arr.shape, arr.strides
+        expected = isz
+        for a in reversed(self.inner_axes):  # inner: contiguous run
+            if st[a] != expected:
+                return False
+            expected *= shape[a]
+        for i in range(len(self.outer_axes) - 1):  # outer: one merged stride
+            a, b = self.outer_axes[i], self.outer_axes[i + 1]
+            if st[a] != st[b] * shape[b]:
+                return False
+        so = st[self.outer_axes[len(self.outer_axes) - 1]] if self.outer_axes else 0
+        sc = st[self.axis] if self.d.channels > 1 else 0
+        if so % isz or sc % isz:
+            return False
+        s.outer = so // isz
+        s.channel = sc // isz
+        return True
+
+
+cdef class _View:
+    """x in its canonical view; outputs and other inputs laid out to match."""
+    cdef _Layout layout
+    cdef public object x
+    cdef bnc_strides_t xs
+
+    def __init__(self, x, int axis):
+        self.layout = _Layout(x, axis)
+        if not self.layout.strides_of(x, &self.xs):
+            # no single (outer, C, inner) view: copy in x's own axis order
+            x = np.copy(x, order="K")
+            self.layout = _Layout(x, axis)
+            if not self.layout.strides_of(x, &self.xs):
+                raise AssertionError("bnc: a copied array has no canonical view")
+        self.x = x
+
+    cdef object like_x(self, object a, bnc_strides_t *s):
+        """Input a (same shape as x) in a layout that fits, copying if needed."""
+        if self.layout.strides_of(a, s):
+            return a
+        b = np.empty_like(self.x)
+        np.copyto(b, a)
+        self.layout.strides_of(b, s)
+        return b
+
+    cdef object target(self, object out, bnc_strides_t *s):
+        """Array the kernel writes: out itself if it fits, else a scratch twin."""
+        if self.layout.strides_of(out, s):
+            return out
+        return self.like_x(np.empty_like(self.x), s)
+
+
+cdef inline void *_ptr(object a):
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline void *_ptr_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef int _raise_status(int status) except -1:
+    if status == BNC_ERR_NOMEM:
+        raise MemoryError(bnc_strerror(status).decode())
+    raise RuntimeError(f"bnc C core: {bnc_strerror(status).decode()} (status {status})")
+
+
+cdef inline int _check(int status) except -1:
+    if status != BNC_OK:
+        _raise_status(status)
+    return 0
+
+
+# ---------------------------------------------------- dtype dispatch (nogil) ---
+
+cdef int _stats(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, double *m,
+                double *v, int nt) noexcept nogil:
+    if isz == 4:
+        return bnc_batchnorm_stats_f32(d, <float *>x, xs, m, v, nt)
+    if isz == 8:
+        return bnc_batchnorm_stats_f64(d, <double *>x, xs, m, v, nt)
+    return bnc_batchnorm_stats_f16(d, <bnc_f16_t *>x, xs, m, v, nt)
+
+
+cdef int _fwd_train(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
+                    void *b, double eps, void *y, bnc_strides_t ys, void *sm,
+                    void *si, void *sv, int nt) noexcept nogil:
+    if isz == 4:
+        return bnc_batchnorm_fwd_train_f32(d, <float *>x, xs, <float *>w, <float *>b,
+                                           eps, <float *>y, ys, <float *>sm,
+                                           <float *>si, <float *>sv, nt)
+    if isz == 8:
+        return bnc_batchnorm_fwd_train_f64(d, <double *>x, xs, <double *>w,
+                                           <double *>b, eps, <double *>y, ys,
+                                           <double *>sm, <double *>si, <double *>sv, nt)
+    return bnc_batchnorm_fwd_train_f16(d, <bnc_f16_t *>x, xs, <float *>w, <float *>b,
+                                       eps, <bnc_f16_t *>y, ys, <float *>sm,
+                                       <float *>si, <float *>sv, nt)
+
+
+cdef int _fwd_eval(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
+                   void *b, void *m, void *v, double eps, void *y, bnc_strides_t ys,
+                   int nt) noexcept nogil:
+    if isz == 4:
+        return bnc_batchnorm_fwd_eval_f32(d, <float *>x, xs, <float *>w, <float *>b,
+                                          <float *>m, <float *>v, eps, <float *>y, ys, nt)
+    if isz == 8:
+        return bnc_batchnorm_fwd_eval_f64(d, <double *>x, xs, <double *>w,
+                                          <double *>b, <double *>m, <double *>v, eps,
+                                          <double *>y, ys, nt)
+    return bnc_batchnorm_fwd_eval_f16(d, <bnc_f16_t *>x, xs, <float *>w, <float *>b,
+                                      <float *>m, <float *>v, eps, <bnc_f16_t *>y, ys, nt)
+
+
+cdef int _bwd(int isz, bint train, bnc_dims_t d, void *dy, bnc_strides_t dys,
+              void *x, bnc_strides_t xs, void *w, void *m, void *s, void *dx,
+              bnc_strides_t dxs, void *dw, void *db, int nt) noexcept nogil:
+    if isz == 4:
+        if train:
+            return bnc_batchnorm_bwd_train_f32(
+                d, <float *>dy, dys, <float *>x, xs, <float *>w, <float *>m,
+                <float *>s, <float *>dx, dxs, <float *>dw, <float *>db, nt)
+        return bnc_batchnorm_bwd_eval_f32(
+            d, <float *>dy, dys, <float *>x, xs, <float *>w, <float *>m,
+            <float *>s, <float *>dx, dxs, <float *>dw, <float *>db, nt)
+    if isz == 8:
+        if train:
+            return bnc_batchnorm_bwd_train_f64(
+                d, <double *>dy, dys, <double *>x, xs, <double *>w, <double *>m,
+                <double *>s, <double *>dx, dxs, <double *>dw, <double *>db, nt)
+        return bnc_batchnorm_bwd_eval_f64(
+            d, <double *>dy, dys, <double *>x, xs, <double *>w, <double *>m,
+            <double *>s, <double *>dx, dxs, <double *>dw, <double *>db, nt)
+    if train:
+        return bnc_batchnorm_bwd_train_f16(
+            d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>x, xs, <float *>w, <float *>m,
+            <float *>s, <bnc_f16_t *>dx, dxs, <float *>dw, <float *>db, nt)
+    return bnc_batchnorm_bwd_eval_f16(
+        d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>x, xs, <float *>w, <float *>m,
+        <float *>s, <bnc_f16_t *>dx, dxs, <float *>dw, <float *>db, nt)
+
+
+cdef int _bwd_reduce(int isz, bnc_dims_t d, void *dy, bnc_strides_t dys, void *x,
+                     bnc_strides_t xs, void *m, void *s, double *sdy, double *sdyx,
+                     int nt) noexcept nogil:
+    if isz == 4:
+        return bnc_batchnorm_bwd_reduce_f32(d, <float *>dy, dys, <float *>x, xs,
+                                            <float *>m, <float *>s, sdy, sdyx, nt)
+    if isz == 8:
+        return bnc_batchnorm_bwd_reduce_f64(d, <double *>dy, dys, <double *>x, xs,
+                                            <double *>m, <double *>s, sdy, sdyx, nt)
+    return bnc_batchnorm_bwd_reduce_f16(d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>x, xs,
+                                        <float *>m, <float *>s, sdy, sdyx, nt)
+
+
+cdef int _bwd_elemt(int isz, bnc_dims_t d, void *dy, bnc_strides_t dys, void *x,
+                    bnc_strides_t xs, void *w, void *m, void *s, double *sdy,
+                    double *sdyx, int64_t count, void *dx, bnc_strides_t dxs,
+                    int nt) noexcept nogil:
+    if isz == 4:
+        return bnc_batchnorm_bwd_elemt_f32(d, <float *>dy, dys, <float *>x, xs,
+                                           <float *>w, <float *>m, <float *>s, sdy,
+                                           sdyx, count, <float *>dx, dxs, nt)
+    if isz == 8:
+        return bnc_batchnorm_bwd_elemt_f64(d, <double *>dy, dys, <double *>x, xs,
+                                           <double *>w, <double *>m, <double *>s, sdy,
+                                           sdyx, count, <double *>dx, dxs, nt)
+    return bnc_batchnorm_bwd_elemt_f16(d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>x, xs,
+                                       <float *>w, <float *>m, <float *>s, sdy, sdyx,
+                                       count, <bnc_f16_t *>dx, dxs, nt)
+
+
+# ---------------------------------------------------------------- kernels ---
+
+def batch_norm_stats(x, *, channel_axis=1, n_threads=None):
+    """Per-channel mean and biased variance of x, and the count per channel.
+
+    Parameters
+    ----------
+    x : array_like, float16/float32/float64, shape (N, C, ...) with ndim >= 2
+    channel_axis : int, the kept axis (default 1)
+    n_threads : int or None
+
+    Returns
+    -------
+    mean, var : ndarray (C,), float64 for float64 x, else float32
+    count : int, the number of values per channel
+    """
+    x = _as_input(x, "x")
+    cdef int axis = _axis(channel_axis, x.ndim)
+    cdef int nt = _threads(n_threads)
+    cdef _View v = _View(x, axis)
+    cdef bnc_dims_t d = v.layout.d
+    mean = np.empty(d.channels, np.float64)
+    var = np.empty(d.channels, np.float64)
+    cdef int isz = x.itemsize, st
+    cdef void *px = _ptr(v.x)
+    cdef double *pm = <double *>_ptr(mean)
+    cdef double *pv = <double *>_ptr(var)
+    with nogil:
+        st = _stats(isz, d, px, v.xs, pm, pv, nt)
+    _check(st)
+    sdt = stat_dtype(x.dtype)
+    return mean.astype(sdt, copy=False), var.astype(sdt, copy=False), d.outer * d.inner
+
+
+def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
+                           n_threads, bint training):
+    """Forward kernel behind bnc.batch_norm_forward and bnc.batch_norm.
+
+    training=True: batch statistics (mean/var must be None); returns
+    (y, save_mean, save_invstd, save_var). training=False: the given mean/var;
+    returns (y, None, None, None). Every argument is validated before anything
+    is written.
+    """
+    x = _as_input(x, "x")
+    cdef int axis = _axis(channel_axis, x.ndim)
+    cdef double e = check_eps(eps)
+    cdef int64_t C = x.shape[axis]
+    xdt = x.dtype
+    weight = _param(weight, "weight", C, xdt)
+    bias = _param(bias, "bias", C, xdt)
+    if not training:
+        mean = _param(mean, "mean", C, xdt)
+        var = _param(var, "var", C, xdt)
+    elif x.size // C < 2:
+        raise ValueError("Expected more than 1 value per channel when training, "
+                         f"got input size {x.shape}")
+    cdef int nt = _threads(n_threads)
+    if out is not None:
+        _check_out(out, x, "out")
+        _refuse_overlap(out, "out", [(x, "x"), (weight, "weight"), (bias, "bias"),
+                                     (mean, "mean"), (var, "var")], x)
+
+    cdef _View v = _View(x, axis)
+    cdef bnc_dims_t d = v.layout.d
+    cdef bnc_strides_t ys
+    y = np.empty_like(x) if out is None else out
+    target = v.target(y, &ys)
+    sdt = stat_dtype(xdt)
+    cdef int isz = x.itemsize, st
+    cdef void *px = _ptr(v.x)
+    cdef void *py = _ptr(target)
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pb = _ptr_or_null(bias)
+    cdef void *pm
+    cdef void *pv
+    cdef void *pi
+    if training:
+        save_mean, save_invstd, save_var = (np.empty(C, sdt), np.empty(C, sdt),
+                                            np.empty(C, sdt))
+        pm, pi, pv = _ptr(save_mean), _ptr(save_invstd), _ptr(save_var)
+        with nogil:
+            st = _fwd_train(isz, d, px, v.xs, pw, pb, e, py, ys, pm, pi, pv, nt)
+    else:
+        save_mean = save_invstd = save_var = None
+        pm, pv = _ptr(mean), _ptr(var)
+        with nogil:
+            st = _fwd_eval(isz, d, px, v.xs, pw, pb, pm, pv, e, py, ys, nt)
+    _check(st)
+    if target is not y:
+        np.copyto(y, target)
+    return y, save_mean, save_invstd, save_var
+
+
+def batch_norm_backward_raw(grad_out, x, weight, mean, invstd, channel_axis,
+                            bint use_batch_stats, out, n_threads):
+    """Backward kernel behind bnc.batch_norm_backward: (dx, dweight, dbias)."""
+    x = _as_input(x, "x")
+    dy = _as_input(grad_out, "grad_out")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"grad_out must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    if dy.shape != x.shape:
+        raise ValueError(f"grad_out must have the shape of x {x.shape}, got {dy.shape}")
+    cdef int axis = _axis(channel_axis, x.ndim)
+    cdef int64_t C = x.shape[axis]
+    xdt = x.dtype
+    weight = _param(weight, "weight", C, xdt)
+    mean = _param(mean, "saved.mean", C, xdt)
+    invstd = _param(invstd, "saved.invstd", C, xdt)
+    if mean is None or invstd is None:
+        raise ValueError("saved must hold the forward's mean and invstd arrays")
+    cdef int nt = _threads(n_threads)
+    if out is not None:
+        _check_out(out, x, "out")
+        _refuse_overlap(out, "out", [(x, "x"), (dy, "grad_out"), (weight, "weight"),
+                                     (mean, "saved.mean"), (invstd, "saved.invstd")],
+                        None)
+
+    cdef _View v = _View(x, axis)
+    cdef bnc_dims_t d = v.layout.d
+    cdef bnc_strides_t dys, dxs
+    dy = v.like_x(dy, &dys)
+    dx = np.empty_like(x) if out is None else out
+    target = v.target(dx, &dxs)
+    sdt = stat_dtype(xdt)
+    dweight, dbias = np.empty(C, sdt), np.empty(C, sdt)
+    cdef int isz = x.itemsize, st
+    cdef void *pdy = _ptr(dy)
+    cdef void *px = _ptr(v.x)
+    cdef void *pdx = _ptr(target)
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pm = _ptr(mean)
+    cdef void *ps = _ptr(invstd)
+    cdef void *pdw = _ptr(dweight)
+    cdef void *pdb = _ptr(dbias)
+    with nogil:
+        st = _bwd(isz, use_batch_stats, d, pdy, dys, px, v.xs, pw, pm, ps, pdx, dxs,
+                  pdw, pdb, nt)
+    _check(st)
+    if target is not dx:
+        np.copyto(dx, target)
+    return dx, dweight, dbias
+
+
+def batch_norm_backward_reduce(grad_out, x, mean, invstd, *, channel_axis=1,
+                               n_threads=None):
+    """First half of the training backward: per-channel float64 sums.
+
+    Returns (sum_dy, sum_dy_xhat), each float64 of shape (C,), where
+    xhat = (x - mean) * invstd. For synchronized batch norm these are summed
+    across processes before `batch_norm_backward_elemt`.
+    """
+    x = _as_input(x, "x")
+    dy = _as_input(grad_out, "grad_out")
+    if dy.dtype != x.dtype or dy.shape != x.shape:
+        raise ValueError("grad_out must have the shape and dtype of x")
+    cdef int axis = _axis(channel_axis, x.ndim)
+    cdef int64_t C = x.shape[axis]
+    mean = _param(mean, "mean", C, x.dtype)
+    invstd = _param(invstd, "invstd", C, x.dtype)
+    if mean is None or invstd is None:
+        raise ValueError("mean and invstd are required")
+    cdef int nt = _threads(n_threads)
+    cdef _View v = _View(x, axis)
+    cdef bnc_strides_t dys
+    dy = v.like_x(dy, &dys)
+    sdy, sdyx = np.empty(C, np.float64), np.empty(C, np.float64)
+    cdef int isz = x.itemsize, st
+    cdef void *pdy = _ptr(dy)
+    cdef void *px = _ptr(v.x)
+    cdef void *pm = _ptr(mean)
+    cdef void *ps = _ptr(invstd)
+    cdef double *a = <double *>_ptr(sdy)
+    cdef double *b = <double *>_ptr(sdyx)
+    with nogil:
+        st = _bwd_reduce(isz, v.layout.d, pdy, dys, px, v.xs, pm, ps, a, b, nt)
+    _check(st)
+    return sdy, sdyx
+
+
+def batch_norm_backward_elemt(grad_out, x, weight, mean, invstd, sum_dy, sum_dy_xhat,
+                              count, *, channel_axis=1, out=None, n_threads=None):
+    """Second half of the training backward: grad_input from the (global) sums.
+
+    dx = weight*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count).
+    """
+    x = _as_input(x, "x")
+    dy = _as_input(grad_out, "grad_out")
+    if dy.dtype != x.dtype or dy.shape != x.shape:
+        raise ValueError("grad_out must have the shape and dtype of x")
+    cdef int axis = _axis(channel_axis, x.ndim)
+    cdef int64_t C = x.shape[axis]
+    weight = _param(weight, "weight", C, x.dtype)
+    mean = _param(mean, "mean", C, x.dtype)
+    invstd = _param(invstd, "invstd", C, x.dtype)
+    if mean is None or invstd is None:
+        raise ValueError("mean and invstd are required")
+    sum_dy = np.ascontiguousarray(sum_dy, dtype=np.float64)
+    sum_dy_xhat = np.ascontiguousarray(sum_dy_xhat, dtype=np.float64)
+    if sum_dy.shape != (C,) or sum_dy_xhat.shape != (C,):
+        raise ValueError(f"sum_dy and sum_dy_xhat must have shape ({C},)")
+    cdef int64_t n = _as_int(count, "count")
+    if n < 1:
+        raise ValueError(f"count must be >= 1, got {n}")
+    cdef int nt = _threads(n_threads)
+    if out is not None:
+        _check_out(out, x, "out")
+        _refuse_overlap(out, "out", [(x, "x"), (dy, "grad_out")], None)
+    cdef _View v = _View(x, axis)
+    cdef bnc_strides_t dys, dxs
+    dy = v.like_x(dy, &dys)
+    dx = np.empty_like(x) if out is None else out
+    target = v.target(dx, &dxs)
+    cdef int isz = x.itemsize, st
+    cdef void *pdy = _ptr(dy)
+    cdef void *px = _ptr(v.x)
+    cdef void *pdx = _ptr(target)
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pm = _ptr(mean)
+    cdef void *ps = _ptr(invstd)
+    cdef double *a = <double *>_ptr(sum_dy)
+    cdef double *b = <double *>_ptr(sum_dy_xhat)
+    with nogil:
+        st = _bwd_elemt(isz, v.layout.d, pdy, dys, px, v.xs, pw, pm, ps, a, b, n, pdx,
+                        dxs, nt)
+    _check(st)
+    if target is not dx:
+        np.copyto(dx, target)
+    return dx

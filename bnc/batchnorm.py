@@ -1,0 +1,305 @@
+"""Batch normalization: the public functional API.
+
+The kernels run in C (see csrc/batchnorm.c) through bnc._core; this module
+holds the policy: which statistics to use, the running-statistics update, and
+the exact merge of statistics. Semantics follow torch.nn.functional.batch_norm;
+`decay=` and `correction=0` give ONNX BatchNormalization's.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from bnc import _core
+from bnc._core import batch_norm_stats
+
+__all__ = [
+    "BatchNormSaved", "Grads", "batch_norm", "batch_norm_forward",
+    "batch_norm_backward", "batch_norm_stats", "combine_stats",
+    "update_running_stats", "batch_norm_backward_reduce", "batch_norm_backward_elemt",
+]
+
+batch_norm_backward_reduce = _core.batch_norm_backward_reduce
+batch_norm_backward_elemt = _core.batch_norm_backward_elemt
+
+_DEFAULT_MOMENTUM = 0.1
+
+
+class _Default(float):
+    """The default momentum: behaves as 0.1 but tells "not given" from 0.1."""
+
+    def __repr__(self) -> str:
+        return "0.1"
+
+
+_MOMENTUM_NOT_GIVEN = _Default(_DEFAULT_MOMENTUM)
+
+
+class BatchNormSaved(NamedTuple):
+    """What the forward saves for the backward: per-channel arrays of shape (C,)."""
+
+    mean: np.ndarray
+    invstd: np.ndarray
+    var: np.ndarray
+
+
+class Grads(NamedTuple):
+    """Gradients of batch norm: grad_input like x, grad_weight and grad_bias (C,)."""
+
+    grad_input: np.ndarray
+    grad_weight: np.ndarray
+    grad_bias: np.ndarray
+
+
+def batch_norm_forward(x, weight=None, bias=None, *, mean=None, var=None, eps=1e-5,
+                       channel_axis=1, out=None, n_threads=None):
+    """Batch norm forward, returning what the backward needs.
+
+    Parameters
+    ----------
+    x : array_like, float16/32/64, shape (..., C, ...) with C at `channel_axis`
+    weight, bias : array_like (C,) or None (1 and 0)
+    mean, var : array_like (C,) or None
+        Both None: normalize with the batch statistics (biased variance), as in
+        training. Both given: use them (inference, or a frozen layer).
+    eps : float > 0, added to the variance inside the square root
+    channel_axis : int
+    out : ndarray like x, optional; out=x computes in place
+    n_threads : int or None
+
+    Returns
+    -------
+    y : ndarray like x (layout of np.empty_like(x))
+    saved : BatchNormSaved(mean, invstd, var), float64 for float64 x else float32
+    """
+    if (mean is None) != (var is None):
+        raise ValueError("mean and var must be given together (or neither)")
+    training = mean is None
+    y, m, invstd, v = _core.batch_norm_forward_raw(
+        x, weight, bias, mean, var, eps, channel_axis, out, n_threads, training)
+    if training:
+        return y, BatchNormSaved(m, invstd, v)
+    sdt = _core.stat_dtype(y.dtype)
+    m = np.asarray(mean, dtype=sdt)
+    v = np.asarray(var, dtype=sdt)
+    invstd = (1.0 / np.sqrt(v.astype(np.float64) + float(eps))).astype(sdt)
+    return y, BatchNormSaved(m.copy(), invstd, v.copy())
+
+
+def batch_norm_backward(grad_out, x, weight, saved, *, channel_axis=1,
+                        use_batch_stats=True, out=None, n_threads=None):
+    """Gradients of batch norm with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    grad_out : array_like like x
+    x : array_like, the forward's input
+    weight : array_like (C,) or None (1)
+    saved : BatchNormSaved (or a (mean, invstd, ...) sequence) from the forward
+    use_batch_stats : bool
+        True: the forward normalized with batch statistics, which are functions
+        of x (training). False: the statistics were constants (a frozen layer).
+    out : ndarray like x, optional, receives grad_input
+
+    Returns
+    -------
+    Grads(grad_input, grad_weight, grad_bias); grad_weight and grad_bias are
+    always computed (as if weight were ones when it is None).
+    """
+    try:
+        mean, invstd = saved[0], saved[1]
+    except (TypeError, IndexError):
+        raise TypeError("saved must be a BatchNormSaved (mean, invstd, var) from "
+                        "batch_norm_forward") from None
+    dx, dw, db = _core.batch_norm_backward_raw(
+        grad_out, x, weight, mean, invstd, channel_axis, bool(use_batch_stats), out,
+        n_threads)
+    return Grads(dx, dw, db)
+
+
+def _momentum(momentum, decay) -> Optional[float]:
+    """Resolve momentum/decay to the weight of the new batch (None: cumulative)."""
+    if decay is not None:
+        if momentum is not _MOMENTUM_NOT_GIVEN:
+            raise TypeError("give momentum or decay, not both (decay = 1 - momentum)")
+        d = _real(decay, "decay")
+        if not 0.0 <= d <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {decay!r}")
+        return 1.0 - d
+    if momentum is None:
+        return None
+    m = _real(momentum, "momentum")
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    return m
+
+
+def _real(v, name) -> float:
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got bool")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}") from None
+
+
+def _writable_stat(a, name, C, dtype):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (updated in place), "
+                        f"got {type(a).__name__}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {a.dtype}")
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
+    if C is not None and a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},), one value per channel, "
+                         f"got {a.shape}")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+
+
+def _check_running(running_mean, running_var, momentum, decay, correction,
+                   num_batches_tracked, C, dtype):
+    """Validate a running-statistics update; returns the resolved momentum."""
+    m = _momentum(momentum, decay)
+    _writable_stat(running_mean, "running_mean", C, dtype)
+    _writable_stat(running_var, "running_var", C, dtype)
+    if np.shares_memory(running_mean, running_var):
+        raise ValueError("running_mean and running_var must not overlap")
+    corr = _core.as_int(correction, "correction")
+    if corr < 0:
+        raise ValueError(f"correction must be >= 0, got {correction!r}")
+    if num_batches_tracked is not None:
+        t = num_batches_tracked
+        if not isinstance(t, np.ndarray) or t.shape != () or t.dtype.kind not in "iu":
+            raise TypeError("num_batches_tracked must be a 0-d integer numpy array "
+                            "(e.g. np.array(0, dtype=np.int64)), updated in place")
+        if not t.flags.writeable:
+            raise ValueError("num_batches_tracked is read-only")
+    elif m is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    return m, corr
+
+
+def _check_count(count, corr):
+    if count <= corr:
+        raise ValueError(f"count ({count}) must be larger than correction ({corr}) "
+                         "to update the running variance")
+
+
+def _apply_running(running_mean, running_var, mean, var, count, m, corr,
+                   num_batches_tracked):
+    """The update itself; every argument was checked before."""
+    if num_batches_tracked is not None:
+        num_batches_tracked += 1
+        if m is None:
+            m = 1.0 / float(num_batches_tracked)
+    unbiased = np.asarray(var, np.float64) * (count / (count - corr))
+    running_mean[...] = (1.0 - m) * running_mean.astype(np.float64) + m * np.asarray(
+        mean, np.float64)
+    running_var[...] = (1.0 - m) * running_var.astype(np.float64) + m * unbiased
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, *,
+                         momentum=_MOMENTUM_NOT_GIVEN, decay=None, correction=1,
+                         num_batches_tracked=None):
+    """Update running statistics in place with a batch's (mean, biased var, count).
+
+    rm = (1-m)*rm + m*mean and rv = (1-m)*rv + m*var*count/(count-correction),
+    m = momentum (default 0.1), or 1 - decay, or with momentum=None the
+    cumulative factor 1/num_batches_tracked. num_batches_tracked (0-d integer
+    array) is incremented in place when given. Nothing is written on error.
+    """
+    mean = np.asarray(mean)
+    var = np.asarray(var)
+    if mean.ndim != 1 or var.shape != mean.shape:
+        raise ValueError(f"mean and var must have the same shape (C,), got {mean.shape} "
+                         f"and {var.shape}")
+    m, corr = _check_running(running_mean, running_var, momentum, decay, correction,
+                             num_batches_tracked, mean.shape[0], None)
+    count = _core.as_int(count, "count")
+    _check_count(count, corr)
+    _apply_running(running_mean, running_var, mean, var, count, m, corr,
+                   num_batches_tracked)
+
+
+def combine_stats(means, vars, counts):
+    """Exact merge of per-group statistics (Chan et al.).
+
+    Parameters
+    ----------
+    means, vars : array_like (K, C): per group mean and biased variance
+    counts : array_like (K,) of integers >= 0
+
+    Returns
+    -------
+    mean, var : ndarray (C,), float64 if the inputs are float64 else float32
+    count : int, the total
+    """
+    mu = np.asarray(means)
+    va = np.asarray(vars)
+    n = np.asarray(counts)
+    if mu.ndim != 2 or va.shape != mu.shape:
+        raise ValueError(f"means and vars must have the same shape (K, C), got "
+                         f"{mu.shape} and {va.shape}")
+    if n.shape != (mu.shape[0],) or (n.size and n.dtype.kind not in "iu"):
+        raise ValueError(f"counts must be {mu.shape[0]} integers, got {n!r}")
+    if np.any(n < 0):
+        raise ValueError("counts must be >= 0")
+    total = int(n.sum())
+    if total == 0:
+        raise ValueError("combine_stats needs at least one value (all counts are 0)")
+    out_dt = np.float64 if np.result_type(mu, va) == np.float64 else np.float32
+    keep = n > 0
+    w = (n[keep].astype(np.float64) / total)[:, None]
+    m64, v64 = mu[keep].astype(np.float64), va[keep].astype(np.float64)
+    mean = (w * m64).sum(axis=0)
+    var = (w * (v64 + (m64 - mean) ** 2)).sum(axis=0)
+    return mean.astype(out_dt), var.astype(out_dt), total
+
+
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
+               training=False, momentum=_MOMENTUM_NOT_GIVEN, decay=None, eps=1e-5,
+               channel_axis=1, correction=1, num_batches_tracked=None, out=None,
+               n_threads=None):
+    """Batch normalization, with the results of torch.nn.functional.batch_norm.
+
+    training=True normalizes with the batch statistics (biased variance) and,
+    when running statistics are given, updates them in place after the kernel
+    succeeded (see `update_running_stats`). training=False normalizes with the
+    running statistics, which are then required.
+
+    Returns y, an ndarray like x (NHWC input gives NHWC output).
+    """
+    have = (running_mean is not None, running_var is not None)
+    if have[0] != have[1]:
+        raise ValueError("running_mean and running_var must be given together")
+    xa = np.asarray(x)
+    sdt = _core.stat_dtype(xa.dtype) if xa.dtype.kind == "f" else None
+    if have[0]:
+        C = xa.shape[_core.channel_index(channel_axis, xa.ndim)] if xa.ndim >= 2 else None
+        m, corr = _check_running(running_mean, running_var, momentum, decay, correction,
+                                 num_batches_tracked, C, sdt)
+        if training and C:
+            _check_count(xa.size // C, corr)
+    else:
+        m = _momentum(momentum, decay)
+        if m is None and training:
+            raise ValueError("momentum=None needs running statistics and "
+                             "num_batches_tracked")
+    if not training:
+        if not have[0]:
+            raise ValueError("training=False needs running_mean and running_var")
+        y, _, _, _ = _core.batch_norm_forward_raw(
+            xa, weight, bias, running_mean, running_var, eps, channel_axis, out,
+            n_threads, False)
+        return y
+    y, mean, _, var = _core.batch_norm_forward_raw(
+        xa, weight, bias, None, None, eps, channel_axis, out, n_threads, True)
+    if have[0]:
+        count = y.size // mean.shape[0]
+        _apply_running(running_mean, running_var, mean, var, count, m, corr,
+                       num_batches_tracked)
+    return y

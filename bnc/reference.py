@@ -1,0 +1,473 @@
+"""Plain NumPy float64 twins of the bnc batch norm API.
+
+This module is the oracle the compiled kernels are tested against. It is
+written for clarity, not speed: every function converts its inputs to
+float64, computes with the textbook formulas and returns float64 arrays.
+It allocates freely and validates only what it needs to compute a result.
+
+The functions have the same names and arguments as the public API in
+``bnc`` minus ``out=`` and ``n_threads=``.
+
+Notation used in the docstrings: ``C`` is the size of the channel axis, the
+*reduced axes* are all the other axes, and ``n`` (``count``) is the number of
+elements of ``x`` per channel (the product of the reduced axes' sizes).
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+__all__ = [
+    "BatchNormSaved",
+    "Grads",
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_stats",
+    "combine_stats",
+    "update_running_stats",
+]
+
+
+class BatchNormSaved(NamedTuple):
+    """Per-channel statistics saved by the forward pass for the backward.
+
+    Attributes
+    ----------
+    mean : ndarray, shape (C,), float64
+        The mean that was subtracted.
+    invstd : ndarray, shape (C,), float64
+        ``1 / sqrt(var + eps)``.
+    var : ndarray, shape (C,), float64
+        The variance that was used (biased batch variance in training).
+    """
+
+    mean: np.ndarray
+    invstd: np.ndarray
+    var: np.ndarray
+
+
+class Grads(NamedTuple):
+    """Gradients of a loss with respect to the inputs of batch norm.
+
+    Attributes
+    ----------
+    grad_input : ndarray, float64, same shape as ``x``
+    grad_weight : ndarray, shape (C,), float64
+    grad_bias : ndarray, shape (C,), float64
+    """
+
+    grad_input: np.ndarray
+    grad_weight: np.ndarray
+    grad_bias: np.ndarray
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _as_f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _channel_axis(ndim: int, channel_axis: int) -> int:
+    """Return ``channel_axis`` as a non-negative axis index."""
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(
+            f"channel_axis={channel_axis} is out of bounds for an array "
+            f"with {ndim} dimensions"
+        )
+    return channel_axis % ndim
+
+
+def _reduced_axes(ndim: int, axis: int) -> Tuple[int, ...]:
+    """All axes except the channel axis."""
+    return tuple(a for a in range(ndim) if a != axis)
+
+
+def _per_channel(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """Reshape a (C,) vector so that it broadcasts along ``axis``."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def _affine(v, C: int, fill: float) -> np.ndarray:
+    """A (C,) float64 affine parameter; ``None`` means all ``fill``."""
+    if v is None:
+        return np.full(C, fill, dtype=np.float64)
+    return _as_f64(v).reshape(C)
+
+
+def _resolve_momentum(momentum, decay):
+    """Turn (momentum, decay) into a momentum (None = cumulative average)."""
+    if decay is not None:
+        # momentum keeps its default when only decay is given. An explicit
+        # momentum=0.1 cannot be told apart from the default and is
+        # accepted; any other momentum (None included) is a conflict.
+        if momentum is None or momentum != 0.1:
+            raise TypeError("give either momentum or decay, not both")
+        return 1.0 - float(decay)
+    return None if momentum is None else float(momentum)
+
+
+# ---------------------------------------------------------------------------
+# statistics
+
+
+def batch_norm_stats(x, *, channel_axis: int = 1):
+    """Per-channel mean and biased variance.
+
+    Two passes: the mean first, then the mean of the squared deviations
+    from it.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., C, ...)
+        Input; the channel axis is ``channel_axis``.
+    channel_axis : int, default 1
+        The kept axis; may be negative.
+
+    Returns
+    -------
+    mean : ndarray, shape (C,), float64
+    var : ndarray, shape (C,), float64
+        Biased variance ``mean((x - mean)**2)``.
+    count : int
+        Number of elements per channel.
+    """
+    x = _as_f64(x)
+    axis = _channel_axis(x.ndim, channel_axis)
+    axes = _reduced_axes(x.ndim, axis)
+    count = x.size // x.shape[axis] if x.shape[axis] else 0
+    if count == 0:
+        nan = np.full(x.shape[axis], np.nan)
+        return nan, nan.copy(), 0
+    mean = x.sum(axis=axes) / count
+    dev = x - _per_channel(mean, x.ndim, axis)
+    var = (dev * dev).sum(axis=axes) / count
+    return mean, var, int(count)
+
+
+def combine_stats(means, vars, counts):
+    """Exact merge of the statistics of K groups of the same channels.
+
+    The groups are disjoint pieces of one batch (e.g. the shards of a
+    synchronized batch norm). Groups with a zero count are ignored, whatever
+    their mean and variance (NaN included).
+
+    Parameters
+    ----------
+    means : array_like, shape (K, C)
+        Per-group, per-channel means.
+    vars : array_like, shape (K, C)
+        Per-group, per-channel biased variances.
+    counts : array_like of int, shape (K,)
+        Elements per channel in each group; zeros allowed.
+
+    Returns
+    -------
+    mean : ndarray, shape (C,), float64
+        ``sum_k n_k m_k / n`` with ``n = sum_k n_k``.
+    var : ndarray, shape (C,), float64
+        Biased variance of the union,
+        ``sum_k n_k (v_k + (m_k - mean)**2) / n``.
+    count : int
+        ``n``; if it is 0, mean and var are NaN.
+    """
+    means = _as_f64(means)
+    vars = _as_f64(vars)
+    counts = np.asarray(counts).reshape(-1)
+    keep = counts > 0
+    n_k = counts[keep].astype(np.float64)[:, None]
+    m_k = means[keep]
+    v_k = vars[keep]
+    n = int(counts[keep].sum())
+    C = means.shape[1]
+    if n == 0:
+        return np.full(C, np.nan), np.full(C, np.nan), 0
+    mean = (n_k * m_k).sum(axis=0) / n
+    var = (n_k * (v_k + (m_k - mean) ** 2)).sum(axis=0) / n
+    return mean, var, n
+
+
+def update_running_stats(
+    running_mean,
+    running_var,
+    mean,
+    var,
+    count,
+    *,
+    momentum: Optional[float] = 0.1,
+    decay: Optional[float] = None,
+    correction: int = 1,
+    num_batches_tracked=None,
+) -> None:
+    """Update running statistics in place with one batch's statistics.
+
+    ``rm = (1-m)*rm + m*mean`` and
+    ``rv = (1-m)*rv + m*var*count/(count-correction)``.
+
+    Parameters
+    ----------
+    running_mean, running_var : ndarray, shape (C,)
+        Updated in place (computed in float64, stored in their own dtype).
+    mean, var : array_like, shape (C,)
+        Batch mean and biased batch variance.
+    count : int
+        Elements per channel in the batch.
+    momentum : float or None, default 0.1
+        Weight of the new batch. None means a cumulative average with
+        factor ``1 / num_batches_tracked`` (after the increment), as
+        ``torch.nn.BatchNorm`` does.
+    decay : float, optional
+        Weight of the old value; ``decay=d`` means ``momentum=1-d``. Giving
+        a momentum other than the default together with decay is a
+        TypeError (an explicit ``momentum=0.1`` looks like the default).
+    correction : int, default 1
+        Bessel-style correction of the running variance (1 = unbiased,
+        0 = biased).
+    num_batches_tracked : 0-d int64 ndarray, optional
+        Incremented by 1 in place when given. Required when momentum is
+        None.
+
+    Raises
+    ------
+    TypeError
+        momentum and decay both given.
+    ValueError
+        momentum is None without num_batches_tracked, or
+        ``count <= correction``.
+    """
+    m = _resolve_momentum(momentum, decay)
+    if m is None and num_batches_tracked is None:
+        raise ValueError("momentum=None needs num_batches_tracked")
+    count = int(count)
+    if count - correction <= 0:
+        raise ValueError(
+            f"count={count} must exceed correction={correction} to update "
+            "the running variance"
+        )
+    if num_batches_tracked is not None:
+        num_batches_tracked[...] += 1
+        if m is None:
+            m = 1.0 / float(num_batches_tracked)
+    rm = _as_f64(running_mean)
+    rv = _as_f64(running_var)
+    unbiased = _as_f64(var) * (count / (count - correction))
+    new_mean = (1.0 - m) * rm + m * _as_f64(mean)
+    new_var = (1.0 - m) * rv + m * unbiased
+    running_mean[...] = new_mean
+    running_var[...] = new_var
+
+
+# ---------------------------------------------------------------------------
+# forward / backward
+
+
+def batch_norm_forward(
+    x,
+    weight=None,
+    bias=None,
+    *,
+    mean=None,
+    var=None,
+    eps: float = 1e-5,
+    channel_axis: int = 1,
+):
+    """Batch norm forward: ``y = (x - mean) * invstd * weight + bias``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., C, ...)
+    weight, bias : array_like, shape (C,), optional
+        Affine parameters; None means ones / zeros.
+    mean, var : array_like, shape (C,), optional
+        Statistics to normalize with (inference or frozen layer). Give both
+        or neither; without them the batch mean and biased batch variance
+        of ``x`` are used.
+    eps : float, default 1e-5
+        Added to the variance: ``invstd = 1 / sqrt(var + eps)``.
+    channel_axis : int, default 1
+
+    Returns
+    -------
+    y : ndarray, float64, same shape as ``x``
+    saved : BatchNormSaved
+        ``(mean, invstd, var)``, each (C,) float64.
+    """
+    x = _as_f64(x)
+    axis = _channel_axis(x.ndim, channel_axis)
+    C = x.shape[axis]
+    if (mean is None) != (var is None):
+        raise ValueError("give both mean and var, or neither")
+    if mean is None:
+        mean, var, _ = batch_norm_stats(x, channel_axis=axis)
+    else:
+        mean = _as_f64(mean).reshape(C)
+        var = _as_f64(var).reshape(C)
+    invstd = 1.0 / np.sqrt(var + eps)
+    w = _affine(weight, C, 1.0)
+    b = _affine(bias, C, 0.0)
+
+    def bc(v):
+        return _per_channel(v, x.ndim, axis)
+
+    y = (x - bc(mean)) * bc(invstd) * bc(w) + bc(b)
+    return y, BatchNormSaved(mean, invstd, var)
+
+
+def batch_norm_backward(
+    grad_out,
+    x,
+    weight,
+    saved: BatchNormSaved,
+    *,
+    channel_axis: int = 1,
+    use_batch_stats: bool = True,
+) -> Grads:
+    """Batch norm backward.
+
+    With ``xhat = (x - mean) * invstd`` and ``dy = grad_out``:
+
+    - ``grad_bias = sum(dy)``, ``grad_weight = sum(dy * xhat)`` (sums over
+      the reduced axes);
+    - ``use_batch_stats=True`` (training: mean and var are functions of x)::
+
+          dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+
+    - ``use_batch_stats=False`` (frozen: mean and var are constants)::
+
+          dx = dy * weight * invstd
+
+    Parameters
+    ----------
+    grad_out : array_like, same shape as ``x``
+    x : array_like, shape (..., C, ...)
+        The forward input.
+    weight : array_like, shape (C,), or None
+        None means ones.
+    saved : BatchNormSaved
+        From :func:`batch_norm_forward`; ``mean`` and ``invstd`` are used.
+    channel_axis : int, default 1
+    use_batch_stats : bool, default True
+
+    Returns
+    -------
+    Grads
+        ``(grad_input, grad_weight, grad_bias)`` in float64; grad_weight and
+        grad_bias have shape (C,) and are returned even if weight is None.
+    """
+    x = _as_f64(x)
+    dy = _as_f64(grad_out)
+    axis = _channel_axis(x.ndim, channel_axis)
+    axes = _reduced_axes(x.ndim, axis)
+    C = x.shape[axis]
+    count = x.size // C if C else 0
+
+    def bc(v):
+        return _per_channel(v, x.ndim, axis)
+
+    mean = _as_f64(saved.mean).reshape(C)
+    invstd = _as_f64(saved.invstd).reshape(C)
+    w = _affine(weight, C, 1.0)
+    xhat = (x - bc(mean)) * bc(invstd)
+
+    grad_bias = dy.sum(axis=axes)
+    grad_weight = (dy * xhat).sum(axis=axes)
+    if use_batch_stats:
+        mean_dy = grad_bias / count
+        mean_dy_xhat = grad_weight / count
+        grad_input = bc(w * invstd) * (dy - bc(mean_dy) - xhat * bc(mean_dy_xhat))
+    else:
+        grad_input = dy * bc(w * invstd)
+    return Grads(grad_input, grad_weight, grad_bias)
+
+
+# ---------------------------------------------------------------------------
+# the functional op
+
+
+def batch_norm(
+    x,
+    weight=None,
+    bias=None,
+    running_mean=None,
+    running_var=None,
+    *,
+    training: bool = False,
+    momentum: Optional[float] = 0.1,
+    decay: Optional[float] = None,
+    eps: float = 1e-5,
+    channel_axis: int = 1,
+    correction: int = 1,
+    num_batches_tracked=None,
+):
+    """Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., C, ...)
+    weight, bias : array_like, shape (C,), optional
+        None means ones / zeros.
+    running_mean, running_var : ndarray, shape (C,), optional
+        Required when ``training=False``. When ``training=True`` and both
+        are given they are updated in place with
+        :func:`update_running_stats` after the output is computed.
+    training : bool, default False
+        True: normalize with the batch mean and biased batch variance.
+        False: normalize with the running statistics.
+    momentum, decay, correction, num_batches_tracked
+        See :func:`update_running_stats`; used only when training with
+        running statistics (``num_batches_tracked`` is incremented only
+        then, like ``torch.nn.BatchNorm``).
+    eps : float, default 1e-5
+    channel_axis : int, default 1
+
+    Returns
+    -------
+    y : ndarray, float64, same shape as ``x``
+
+    Raises
+    ------
+    ValueError
+        Training with one value per channel, or ``training=False`` without
+        running statistics.
+    """
+    x = _as_f64(x)
+    axis = _channel_axis(x.ndim, channel_axis)
+    if training:
+        count = x.size // x.shape[axis] if x.shape[axis] else 0
+        if count == 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, "
+                f"got input size {tuple(x.shape)}"
+            )
+        y, saved = batch_norm_forward(x, weight, bias, eps=eps, channel_axis=axis)
+        if running_mean is not None and running_var is not None:
+            update_running_stats(
+                running_mean,
+                running_var,
+                saved.mean,
+                saved.var,
+                count,
+                momentum=momentum,
+                decay=decay,
+                correction=correction,
+                num_batches_tracked=num_batches_tracked,
+            )
+        return y
+    if running_mean is None or running_var is None:
+        raise ValueError(
+            "running_mean and running_var are required when training=False"
+        )
+    y, _ = batch_norm_forward(
+        x,
+        weight,
+        bias,
+        mean=running_mean,
+        var=running_var,
+        eps=eps,
+        channel_axis=axis,
+    )
+    return y

@@ -1,0 +1,40 @@
+/* batchnorm.c - batch norm kernels: tmpl/batchnorm_body.h once per dtype. */
+#include <stdlib.h>
+
+#include "internal.h"
+
+#define T float
+#define P float
+#define SFX f32
+#define LOAD(v) (v)
+#define STORE(v) (v)
+#include "tmpl/batchnorm_body.h"
+#undef T
+#undef P
+#undef SFX
+#undef LOAD
+#undef STORE
+
+#define T double
+#define P double
+#define SFX f64
+#define LOAD(v) (v)
+#define STORE(v) (v)
+#include "tmpl/batchnorm_body.h"
+#undef T
+#undef P
+#undef SFX
+#undef LOAD
+#undef STORE
+
+#define T bnc_f16_t
+#define P float
+#define SFX f16
+#define LOAD(v) bnc_half_to_float(v)
+#define STORE(v) bnc_float_to_half(v)
+#include "tmpl/batchnorm_body.h"
+#undef T
+#undef P
+#undef SFX
+#undef LOAD
+#undef STORE

@@ -1,0 +1,170 @@
+/*
+ * bnc.h - the public C API of bnc, batch normalization kernels for CPUs.
+ *
+ * Pure C11 (+ optional OpenMP). No Python. Every entry point returns an int
+ * status: BNC_OK (0) or a negative BNC_ERR_* code; bnc_strerror() explains it.
+ * The library never prints, aborts, or keeps global state; it never allocates
+ * caller-visible memory (outputs are caller-allocated, scratch is internal and
+ * O(C + threads x block)).
+ *
+ * Data layout: every array is seen as a 3-D strided view (outer, C, inner):
+ * the channel axis in the middle, everything before it folded into `outer`,
+ * everything after it into `inner`. Element (o, c, i) of an array lives at
+ * base[o * s.outer + c * s.channel + i]: the inner run is contiguous, the
+ * outer and channel strides (in elements, may be negative) are free. For a
+ * C-contiguous array, BNC_CONTIGUOUS(d) gives the strides. The fast paths are
+ * inner > 1 (channel slabs, NCHW) and inner == 1 with unit channel stride
+ * (channels interleaved, NHWC and 2-D).
+ *
+ * dtypes: each op exists for float32 (_f32), float64 (_f64) and float16
+ * (_f16, IEEE binary16 stored as bnc_f16_t, computed in float32). Per-channel
+ * arrays (weight, bias, mean, var, invstd) are float for _f32/_f16 and double
+ * for _f64; reductions accumulate in double. Results are bit-for-bit the same
+ * for any n_threads: work is split by shape only.
+ *
+ * Threads: n_threads >= 1 is an upper bound on OpenMP threads; small inputs run
+ * serially. Without OpenMP the kernels are serial and n_threads is checked only.
+ */
+#ifndef BNC_BNC_H
+#define BNC_BNC_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BNC_VERSION_MAJOR 0
+#define BNC_VERSION_MINOR 1
+#define BNC_VERSION_PATCH 0
+#define BNC_VERSION_STRING "0.1.0"
+/* One integer for comparisons: 10000 * major + 100 * minor + patch. */
+#define BNC_VERSION_NUMBER \
+    (10000 * BNC_VERSION_MAJOR + 100 * BNC_VERSION_MINOR + BNC_VERSION_PATCH)
+
+/* Status codes. */
+#define BNC_OK 0
+#define BNC_ERR_NULL (-1)      /* a required pointer is NULL */
+#define BNC_ERR_SHAPE (-2)     /* a size is negative, or the input is empty */
+#define BNC_ERR_EPS (-3)       /* eps is not finite and > 0 */
+#define BNC_ERR_THREADS (-4)   /* n_threads < 1 */
+#define BNC_ERR_NOMEM (-5)     /* scratch allocation failed */
+#define BNC_ERR_COUNT (-6)     /* count < 1 where a mean is taken */
+#define BNC_ERR_LAST BNC_ERR_COUNT
+
+/* Sizes of the canonical view. */
+typedef struct bnc_dims {
+    int64_t outer;    /* product of the axes before the channel axis */
+    int64_t channels; /* C */
+    int64_t inner;    /* product of the axes after it */
+} bnc_dims_t;
+
+/* Element strides of one array in that view (the inner stride is 1). */
+typedef struct bnc_strides {
+    int64_t outer;
+    int64_t channel;
+} bnc_strides_t;
+
+/* Strides of a C-contiguous (outer, C, inner) array. */
+static inline bnc_strides_t bnc_contiguous(bnc_dims_t d)
+{
+    bnc_strides_t s = {d.channels * d.inner, d.inner};
+    return s;
+}
+#define BNC_CONTIGUOUS(d) bnc_contiguous(d)
+
+/* IEEE 754 binary16, stored as its bit pattern. */
+typedef uint16_t bnc_f16_t;
+
+/* Message for a status code (never NULL). */
+const char *bnc_strerror(int status);
+/* BNC_VERSION_STRING of the compiled library. */
+const char *bnc_version(void);
+/* 1 if built with OpenMP, else 0. */
+int bnc_openmp_enabled(void);
+/* OpenMP's current default thread count (omp_get_max_threads), 1 without it. */
+int bnc_default_threads(void);
+
+/* float16 <-> float32 conversion (round to nearest even), as used by the kernels. */
+float bnc_f16_to_f32(bnc_f16_t h);
+bnc_f16_t bnc_f32_to_f16(float f);
+
+/*
+ * The per-dtype API. For each (T, P, SFX) in
+ *   (float, float, f32), (double, double, f64), (bnc_f16_t, float, f16):
+ *
+ * bnc_batchnorm_stats_SFX(d, x, xs, mean, var, n_threads)
+ *     Per-channel mean and biased variance (double[C] each) of x, one pass
+ *     over memory: blocks of a few thousand elements are reduced two-pass in
+ *     cache and merged with Chan's formula in double. Count is outer * inner.
+ *
+ * bnc_batchnorm_fwd_train_SFX(d, x, xs, weight, bias, eps, y, ys,
+ *                             save_mean, save_invstd, save_var, n_threads)
+ *     Training forward: statistics as above, then
+ *     y = (x - mean) * (weight * invstd) + bias, invstd = 1/sqrt(var + eps).
+ *     weight/bias may be NULL (1 and 0). save_* (P[C]) may each be NULL.
+ *     A channel slab is normalized right after its statistics while it is
+ *     still in cache when there are enough channels to keep threads busy.
+ *
+ * bnc_batchnorm_fwd_eval_SFX(d, x, xs, weight, bias, mean, var, eps, y, ys,
+ *                            n_threads)
+ *     Inference forward with given statistics. y may be x (in place).
+ *
+ * bnc_batchnorm_bwd_train_SFX(d, dy, dys, x, xs, weight, mean, invstd,
+ *                             dx, dxs, dweight, dbias, n_threads)
+ *     Backward through batch statistics: one fused reduction pass for
+ *     sum(dy) and sum(dy * xhat), then
+ *     dx = weight*invstd*(dy - sum(dy)/n - xhat*sum(dy*xhat)/n).
+ *     dx, dweight, dbias (P[C]) may each be NULL; weight NULL means 1.
+ *
+ * bnc_batchnorm_bwd_eval_SFX(...same arguments...)
+ *     Backward with the statistics held constant (frozen / inference mode):
+ *     dx = dy * weight * invstd, dweight = sum(dy * xhat), dbias = sum(dy),
+ *     in a single pass over dy and x.
+ *
+ * bnc_batchnorm_bwd_reduce_SFX(d, dy, dys, x, xs, mean, invstd,
+ *                              sum_dy, sum_dy_xhat, n_threads)
+ * bnc_batchnorm_bwd_elemt_SFX(d, dy, dys, x, xs, weight, mean, invstd,
+ *                             sum_dy, sum_dy_xhat, count, dx, dxs, n_threads)
+ *     The two halves of bwd_train, for synchronized batch norm: the sums are
+ *     double[C] and may be all-reduced across processes between the calls;
+ *     count is the global number of elements per channel.
+ */
+#define BNC_DECLARE_BATCHNORM(T, P, SFX)                                      \
+    int bnc_batchnorm_stats_##SFX(bnc_dims_t d, const T *x, bnc_strides_t xs,  \
+                                  double *mean, double *var, int n_threads);   \
+    int bnc_batchnorm_fwd_train_##SFX(                                         \
+        bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weight,           \
+        const P *bias, double eps, T *y, bnc_strides_t ys, P *save_mean,       \
+        P *save_invstd, P *save_var, int n_threads);                           \
+    int bnc_batchnorm_fwd_eval_##SFX(                                          \
+        bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weight,           \
+        const P *bias, const P *mean, const P *var, double eps, T *y,          \
+        bnc_strides_t ys, int n_threads);                                      \
+    int bnc_batchnorm_bwd_train_##SFX(                                         \
+        bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *x,              \
+        bnc_strides_t xs, const P *weight, const P *mean, const P *invstd,     \
+        T *dx, bnc_strides_t dxs, P *dweight, P *dbias, int n_threads);        \
+    int bnc_batchnorm_bwd_eval_##SFX(                                          \
+        bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *x,              \
+        bnc_strides_t xs, const P *weight, const P *mean, const P *invstd,     \
+        T *dx, bnc_strides_t dxs, P *dweight, P *dbias, int n_threads);        \
+    int bnc_batchnorm_bwd_reduce_##SFX(                                        \
+        bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *x,              \
+        bnc_strides_t xs, const P *mean, const P *invstd, double *sum_dy,      \
+        double *sum_dy_xhat, int n_threads);                                   \
+    int bnc_batchnorm_bwd_elemt_##SFX(                                         \
+        bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *x,              \
+        bnc_strides_t xs, const P *weight, const P *mean, const P *invstd,     \
+        const double *sum_dy, const double *sum_dy_xhat, int64_t count, T *dx, \
+        bnc_strides_t dxs, int n_threads);
+
+BNC_DECLARE_BATCHNORM(float, float, f32)
+BNC_DECLARE_BATCHNORM(double, double, f64)
+BNC_DECLARE_BATCHNORM(bnc_f16_t, float, f16)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BNC_BNC_H */

@@ -1,0 +1,112 @@
+/* sweep.c - work plans and the parallel sweep shared by every kernel. */
+#include <stdlib.h>
+
+#include "internal.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#define BNC_PRAGMA(x) _Pragma(#x)
+#define BNC_OMP(x) BNC_PRAGMA(omp x)
+#else
+#define BNC_OMP(x)
+#endif
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+void bnc_plan_make(bnc_plan_t *p, bnc_dims_t d, int interleaved)
+{
+    p->interleaved = interleaved;
+    p->outer = d.outer;
+    p->channels = d.channels;
+    p->inner = d.inner;
+    p->pieces = 1;
+    if (interleaved) {
+        p->rows = max64(BNC_MIN_ROWS, BNC_BLOCK / d.channels);
+        p->nblocks = ceil_div(d.outer, p->rows);
+        p->nchunks = min64(p->nblocks, BNC_PIECES);
+        return;
+    }
+    if (d.inner >= BNC_BLOCK) {
+        p->rows = 1;
+        p->pieces = ceil_div(d.inner, BNC_BLOCK);
+        p->nblocks = d.outer * p->pieces;
+    } else {
+        p->rows = BNC_BLOCK / d.inner;
+        p->nblocks = ceil_div(d.outer, p->rows);
+    }
+    p->nchunks = min64(p->nblocks, ceil_div(BNC_PIECES, d.channels));
+}
+
+int bnc_check_dims(bnc_dims_t d, int n_threads)
+{
+    if (d.outer < 1 || d.channels < 1 || d.inner < 1)
+        return BNC_ERR_SHAPE;
+    if (d.outer > INT64_MAX / d.channels / d.inner)
+        return BNC_ERR_SHAPE;
+    if (n_threads < 1)
+        return BNC_ERR_THREADS;
+    return BNC_OK;
+}
+
+int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
+{
+    const bnc_plan_t *p = s->plan;
+    const int64_t C = p->channels, k = p->nchunks;
+    const int64_t items = p->interleaved ? k : C * k;
+    const int64_t slot = p->interleaved ? (int64_t)s->width * C : s->width;
+    double *parts = NULL;
+    int nt = n_threads;
+
+    if (p->outer * C * p->inner < BNC_SERIAL_BELOW)
+        nt = 1;
+    else if (nt > items)
+        nt = (int)items;
+    if (s->width > 0) {
+        parts = malloc(sizeof(double) * (size_t)(items * slot));
+        if (!parts)
+            return BNC_ERR_NOMEM;
+    }
+
+    if (!p->interleaved && (nt == 1 || C >= 4 * (int64_t)nt || C % nt == 0)) {
+        /* whole channels per thread: reduce, finalize, apply back to back */
+        BNC_OMP(parallel for schedule(static) num_threads(nt) if (nt > 1))
+        for (int64_t c = 0; c < C; c++) {
+            double *pc = parts ? parts + c * k * slot : NULL;
+            if (s->width > 0) {
+                for (int64_t j = 0; j < k; j++)
+                    s->reduce(s->ctx, c, j, pc + j * slot);
+                s->finalize(s->ctx, c, pc, slot, 1);
+            }
+            if (s->apply)
+                for (int64_t j = 0; j < k; j++)
+                    s->apply(s->ctx, c, j);
+        }
+    } else {
+        /* one phase after the other over all items; the same static schedule
+         * in both item loops gives a thread back the data it just read */
+        const int64_t fstride = p->interleaved ? C : 1;
+        const int64_t cstride = p->interleaved ? 1 : k * slot;
+        BNC_OMP(parallel num_threads(nt) if (nt > 1))
+        {
+            if (s->width > 0) {
+                BNC_OMP(for schedule(static))
+                for (int64_t it = 0; it < items; it++)
+                    s->reduce(s->ctx, p->interleaved ? -1 : it / k,
+                              p->interleaved ? it : it % k, parts + it * slot);
+                BNC_OMP(for schedule(static))
+                for (int64_t c = 0; c < C; c++)
+                    s->finalize(s->ctx, c, parts + c * cstride, slot, fstride);
+            }
+            if (s->apply) {
+                BNC_OMP(for schedule(static))
+                for (int64_t it = 0; it < items; it++)
+                    s->apply(s->ctx, p->interleaved ? -1 : it / k,
+                             p->interleaved ? it : it % k);
+            }
+        }
+    }
+    free(parts);
+    return BNC_OK;
+}

@@ -1,0 +1,587 @@
+/*
+ * batchnorm_body.h - the batch norm kernels, written once for any dtype.
+ *
+ * batchnorm.c includes this file once per dtype after defining:
+ *   T        storage type of x, y, dy, dx
+ *   P        per-channel type (weight, bias, saved statistics) and the
+ *            arithmetic type of the elementwise passes
+ *   SFX      name suffix: f32, f64, f16
+ *   LOAD(v)  T -> P        STORE(v)  P -> T
+ * Reductions always accumulate in double.
+ */
+
+#define F(name) BNC_CAT(name, BNC_CAT(_, SFX))
+
+/* Everything a kernel's phases need; unused fields stay NULL / 0. */
+typedef struct {
+    bnc_plan_t plan;
+    const T *x, *dy;
+    bnc_strides_t xs, dys;
+    T *out; /* y or dx */
+    bnc_strides_t os;
+    int write_in_reduce;   /* backward with constant statistics: dx in the reduce pass */
+    const P *weight, *bias, *mean_in, *invstd_in;
+    double eps;
+    double *mean, *var;            /* statistics (stats kernel) */
+    double *sum_dy, *sum_dy_xhat;  /* backward sums (reduce kernel) */
+    P *save_mean, *save_invstd, *save_var;
+    P *dweight, *dbias;
+    P *cm, *ca, *cb, *cg;          /* per-channel coefficients, see the apply passes */
+} F(ctx_t);
+
+/* ---- contiguous runs, reduced in eight fixed lanes of double ---- */
+
+static double F(run_sum)(const T *restrict x, int64_t n)
+{
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++)
+            a[l] += (double)LOAD(x[i + l]);
+    for (int l = 0; i < n; i++, l++)
+        a[l] += (double)LOAD(x[i]);
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* Sum of squared deviations from m; *dev accumulates the plain deviations. */
+static double F(run_sqdev)(const T *restrict x, int64_t n, double m, double *dev)
+{
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) {
+            double v = (double)LOAD(x[i + l]) - m;
+            s[l] += v;
+            a[l] += v * v;
+        }
+    for (int l = 0; i < n; i++, l++) {
+        double v = (double)LOAD(x[i]) - m;
+        s[l] += v;
+        a[l] += v * v;
+    }
+    *dev += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* sum(dy) into *sdy and sum(dy * (x - m)) into *sdyx; with k != NULL also
+ * writes dx = dy * k (backward with constant statistics). */
+static void F(run_grad)(const T *restrict dy, const T *restrict x, T *restrict dx,
+                        int64_t n, double m, P k, double *sdy, double *sdyx)
+{
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) {
+            double g = (double)LOAD(dy[i + l]);
+            a[l] += g;
+            b[l] += g * ((double)LOAD(x[i + l]) - m);
+        }
+    for (int l = 0; i < n; i++, l++) {
+        double g = (double)LOAD(dy[i]);
+        a[l] += g;
+        b[l] += g * ((double)LOAD(x[i]) - m);
+    }
+    if (dx)
+        for (i = 0; i < n; i++)
+            dx[i] = STORE(LOAD(dy[i]) * k);
+    *sdy += ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    *sdyx += ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+}
+
+/* ---- per-channel coefficients of the elementwise passes ---- */
+
+/* Normalizing pass: y = (x - cm) * ca + cb. */
+static void F(set_norm_coef)(F(ctx_t) *k, int64_t c, double mean, double invstd)
+{
+    k->cm[c] = (P)mean;
+    k->ca[c] = (P)((k->weight ? (double)k->weight[c] : 1.0) * invstd);
+    k->cb[c] = k->bias ? k->bias[c] : (P)0;
+}
+
+/* Backward pass: dx = ((dy - ca) - (x - cm) * cg) * cb, from the sums over
+ * n elements: ca = sum(dy)/n, cg = invstd * sum(dy*xhat)/n, cb = w * invstd. */
+static void F(set_grad_coef)(F(ctx_t) *k, int64_t c, double sdy, double sdyx, double n)
+{
+    double invstd = (double)k->invstd_in[c];
+    k->cm[c] = k->mean_in[c];
+    k->ca[c] = (P)(sdy / n);
+    k->cg[c] = (P)(invstd * sdyx / n);
+    k->cb[c] = (P)((k->weight ? (double)k->weight[c] : 1.0) * invstd);
+}
+
+/* ---- phase 1: per-channel moments (count, mean, M2) ---- */
+
+/* Slab layout: fold the blocks of chunk j of channel c into part[0..2].
+ * Interleaved: chunk j of rows, every channel; part is [5][C]: n, mean, M2
+ * and two rows of block scratch. */
+static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
+{
+    const F(ctx_t) *k = vctx;
+    const bnc_plan_t *p = &k->plan;
+    int64_t b0, b1, r0, r1, i0, i1;
+    bnc_chunk_blocks(p, j, &b0, &b1);
+    if (!p->interleaved) {
+        const T *xc = k->x + c * k->xs.channel;
+        bnc_moments_t acc = {0, 0, 0};
+        for (int64_t b = b0; b < b1; b++) {
+            double s = 0, q = 0, dev = 0, n;
+            bnc_moments_t blk;
+            bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
+            for (int64_t r = r0; r < r1; r++)
+                s += F(run_sum)(xc + r * k->xs.outer + i0, i1 - i0);
+            n = (double)((r1 - r0) * (i1 - i0));
+            blk.n = n;
+            blk.mean = s / n;
+            for (int64_t r = r0; r < r1; r++)
+                q += F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, blk.mean, &dev);
+            /* corrected two-pass: remove the rounding error of the block mean */
+            blk.m2 = q - dev * (dev / n);
+            blk.mean += dev / n;
+            acc = bnc_moments_merge(acc, blk);
+        }
+        part[0] = acc.n;
+        part[1] = acc.mean;
+        part[2] = acc.m2;
+    } else {
+        const int64_t C = p->channels;
+        double *restrict n = part, *restrict mean = part + C, *restrict m2 = part + 2 * C;
+        double *restrict bmean = part + 3 * C, *restrict bm2 = part + 4 * C;
+        for (int64_t b = b0; b < b1; b++) {
+            double rows, fb, fab;
+            bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
+            rows = (double)(r1 - r0);
+            for (int64_t ch = 0; ch < C; ch++)
+                bmean[ch] = bm2[ch] = 0;
+            for (int64_t r = r0; r < r1; r++) {
+                const T *restrict xr = k->x + r * k->xs.outer;
+                for (int64_t ch = 0; ch < C; ch++)
+                    bmean[ch] += (double)LOAD(xr[ch]);
+            }
+            for (int64_t ch = 0; ch < C; ch++)
+                bmean[ch] /= rows;
+            for (int64_t r = r0; r < r1; r++) {
+                const T *restrict xr = k->x + r * k->xs.outer;
+                for (int64_t ch = 0; ch < C; ch++) {
+                    double v = (double)LOAD(xr[ch]) - bmean[ch];
+                    bm2[ch] += v * v;
+                }
+            }
+            if (b == b0) {
+                for (int64_t ch = 0; ch < C; ch++) {
+                    n[ch] = rows;
+                    mean[ch] = bmean[ch];
+                    m2[ch] = bm2[ch];
+                }
+                continue;
+            }
+            /* Chan's merge, as bnc_moments_merge, for all channels at once */
+            fb = rows / (n[0] + rows);
+            fab = n[0] * rows / (n[0] + rows);
+            for (int64_t ch = 0; ch < C; ch++) {
+                double delta = bmean[ch] - mean[ch];
+                n[ch] += rows;
+                mean[ch] += delta * fb;
+                m2[ch] = m2[ch] + bm2[ch] + delta * delta * fab;
+            }
+        }
+    }
+    (void)c;
+}
+
+/* Fold channel c's chunk moments in order; store statistics and, for the
+ * training forward, the coefficients of the normalizing pass. */
+static void F(finalize_moments)(void *vctx, int64_t c, const double *parts,
+                                int64_t cs, int64_t fs)
+{
+    F(ctx_t) *k = vctx;
+    bnc_moments_t acc = {0, 0, 0};
+    double var, invstd;
+    for (int64_t j = 0; j < k->plan.nchunks; j++) {
+        bnc_moments_t m = {parts[j * cs], parts[j * cs + fs], parts[j * cs + 2 * fs]};
+        acc = bnc_moments_merge(acc, m);
+    }
+    var = acc.m2 / acc.n;
+    if (k->mean) {
+        k->mean[c] = acc.mean;
+        k->var[c] = var;
+    }
+    if (!k->cm)
+        return;
+    invstd = 1.0 / sqrt(var + k->eps);
+    F(set_norm_coef)(k, c, acc.mean, invstd);
+    if (k->save_mean)
+        k->save_mean[c] = (P)acc.mean;
+    if (k->save_invstd)
+        k->save_invstd[c] = (P)invstd;
+    if (k->save_var)
+        k->save_var[c] = (P)var;
+}
+
+/* ---- phase 1 of the backward: sum(dy), sum(dy * (x - mean)) ---- */
+
+/* Slab: part[0..1] for (c, j). Interleaved: part is [2][C].
+ * With write_in_reduce, dx = dy * ca is written in the same pass. */
+static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *part)
+{
+    const F(ctx_t) *k = vctx;
+    const bnc_plan_t *p = &k->plan;
+    int64_t b0, b1, r0, r1, i0, i1;
+    bnc_chunk_blocks(p, j, &b0, &b1);
+    if (!p->interleaved) {
+        const T *xc = k->x + c * k->xs.channel, *dyc = k->dy + c * k->dys.channel;
+        T *dxc = k->write_in_reduce ? k->out + c * k->os.channel : NULL;
+        double sdy = 0, sdyx = 0, m = (double)k->mean_in[c];
+        P scale = k->write_in_reduce ? k->ca[c] : (P)0;
+        for (int64_t b = b0; b < b1; b++) {
+            bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
+            for (int64_t r = r0; r < r1; r++)
+                F(run_grad)(dyc + r * k->dys.outer + i0, xc + r * k->xs.outer + i0,
+                            dxc ? dxc + r * k->os.outer + i0 : NULL, i1 - i0, m, scale,
+                            &sdy, &sdyx);
+        }
+        part[0] = sdy;
+        part[1] = sdyx;
+    } else {
+        const int64_t C = p->channels;
+        double *restrict sdy = part, *restrict sdyx = part + C;
+        for (int64_t ch = 0; ch < C; ch++)
+            sdy[ch] = sdyx[ch] = 0;
+        r0 = b0 * p->rows;
+        r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
+        for (int64_t r = r0; r < r1; r++) {
+            const T *restrict xr = k->x + r * k->xs.outer;
+            const T *restrict dyr = k->dy + r * k->dys.outer;
+            for (int64_t ch = 0; ch < C; ch++) {
+                double g = (double)LOAD(dyr[ch]);
+                sdy[ch] += g;
+                sdyx[ch] += g * ((double)LOAD(xr[ch]) - (double)k->mean_in[ch]);
+            }
+            if (k->write_in_reduce) {
+                T *dxr = k->out + r * k->os.outer;
+                for (int64_t ch = 0; ch < C; ch++)
+                    dxr[ch * k->os.channel] = STORE(LOAD(dyr[ch]) * k->ca[ch]);
+            }
+        }
+    }
+}
+
+/* Fold channel c's sums; store them (reduce kernel), the parameter grads,
+ * and the coefficients of the elementwise backward pass (training). */
+static void F(finalize_grad)(void *vctx, int64_t c, const double *parts, int64_t cs,
+                             int64_t fs)
+{
+    F(ctx_t) *k = vctx;
+    double sdy = 0, sdyx = 0, invstd = (double)k->invstd_in[c];
+    for (int64_t j = 0; j < k->plan.nchunks; j++) {
+        sdy += parts[j * cs];
+        sdyx += parts[j * cs + fs];
+    }
+    sdyx *= invstd; /* sum(dy * xhat) */
+    if (k->sum_dy) {
+        k->sum_dy[c] = sdy;
+        k->sum_dy_xhat[c] = sdyx;
+    }
+    if (k->dweight)
+        k->dweight[c] = (P)sdyx;
+    if (k->dbias)
+        k->dbias[c] = (P)sdy;
+    if (k->cg)
+        F(set_grad_coef)(k, c, sdy, sdyx, (double)(k->plan.outer * k->plan.inner));
+}
+
+/* ---- phase 3: the elementwise passes ---- */
+
+/* Forward: y = (x - cm) * ca + cb. */
+static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
+{
+    const F(ctx_t) *k = vctx;
+    const bnc_plan_t *p = &k->plan;
+    int64_t b0, b1, r0, r1, i0, i1;
+    bnc_chunk_blocks(p, j, &b0, &b1);
+    if (!p->interleaved) {
+        const P m = k->cm[c], a = k->ca[c], s = k->cb[c];
+        const T *xc = k->x + c * k->xs.channel;
+        T *yc = k->out + c * k->os.channel;
+        for (int64_t b = b0; b < b1; b++) {
+            bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
+            for (int64_t r = r0; r < r1; r++) {
+                const T *xr = xc + r * k->xs.outer;
+                T *yr = yc + r * k->os.outer;
+                for (int64_t i = i0; i < i1; i++)
+                    yr[i] = STORE((LOAD(xr[i]) - m) * a + s);
+            }
+        }
+    } else {
+        const int64_t C = p->channels, yc = k->os.channel;
+        const P *restrict m = k->cm, *restrict a = k->ca, *restrict s = k->cb;
+        r0 = b0 * p->rows;
+        r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
+        for (int64_t r = r0; r < r1; r++) {
+            const T *xr = k->x + r * k->xs.outer;
+            T *yr = k->out + r * k->os.outer;
+            if (yc == 1)
+                for (int64_t ch = 0; ch < C; ch++)
+                    yr[ch] = STORE((LOAD(xr[ch]) - m[ch]) * a[ch] + s[ch]);
+            else
+                for (int64_t ch = 0; ch < C; ch++)
+                    yr[ch * yc] = STORE((LOAD(xr[ch]) - m[ch]) * a[ch] + s[ch]);
+        }
+    }
+}
+
+/* Backward through batch statistics: dx = ((dy - ca) - (x - cm) * cg) * cb. */
+static void F(apply_grad)(void *vctx, int64_t c, int64_t j)
+{
+    const F(ctx_t) *k = vctx;
+    const bnc_plan_t *p = &k->plan;
+    int64_t b0, b1, r0, r1, i0, i1;
+    bnc_chunk_blocks(p, j, &b0, &b1);
+    if (!p->interleaved) {
+        const P m = k->cm[c], a = k->ca[c], g = k->cg[c], s = k->cb[c];
+        const T *xc = k->x + c * k->xs.channel, *dyc = k->dy + c * k->dys.channel;
+        T *dxc = k->out + c * k->os.channel;
+        for (int64_t b = b0; b < b1; b++) {
+            bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
+            for (int64_t r = r0; r < r1; r++) {
+                const T *restrict xr = xc + r * k->xs.outer;
+                const T *restrict dyr = dyc + r * k->dys.outer;
+                T *restrict dxr = dxc + r * k->os.outer;
+                for (int64_t i = i0; i < i1; i++)
+                    dxr[i] = STORE(((LOAD(dyr[i]) - a) - (LOAD(xr[i]) - m) * g) * s);
+            }
+        }
+    } else {
+        const int64_t C = p->channels, dc = k->os.channel;
+        const P *restrict m = k->cm, *restrict a = k->ca, *restrict g = k->cg,
+                *restrict s = k->cb;
+        r0 = b0 * p->rows;
+        r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
+        for (int64_t r = r0; r < r1; r++) {
+            const T *restrict xr = k->x + r * k->xs.outer;
+            const T *restrict dyr = k->dy + r * k->dys.outer;
+            T *restrict dxr = k->out + r * k->os.outer;
+            for (int64_t ch = 0; ch < C; ch++)
+                dxr[ch * dc] = STORE(((LOAD(dyr[ch]) - a[ch]) - (LOAD(xr[ch]) - m[ch]) * g[ch]) * s[ch]);
+        }
+    }
+}
+
+/* ---- entry points ---- */
+
+/* Allocates the per-channel coefficient arrays (count of them: n). */
+static int F(coef_alloc)(F(ctx_t) *k, int n)
+{
+    int64_t C = k->plan.channels;
+    P *buf = malloc(sizeof(P) * (size_t)(C * n));
+    if (!buf)
+        return BNC_ERR_NOMEM;
+    k->cm = buf;
+    k->ca = buf + C;
+    k->cb = n > 2 ? buf + 2 * C : NULL;
+    k->cg = n > 3 ? buf + 3 * C : NULL;
+    return BNC_OK;
+}
+
+static int F(sweep)(F(ctx_t) *k, int width_slab, int width_rows,
+                    void (*reduce)(void *, int64_t, int64_t, double *),
+                    void (*finalize)(void *, int64_t, const double *, int64_t, int64_t),
+                    void (*apply)(void *, int64_t, int64_t), int n_threads)
+{
+    bnc_sweep_t s;
+    s.plan = &k->plan;
+    s.width = reduce ? (k->plan.interleaved ? width_rows : width_slab) : 0;
+    s.reduce = reduce;
+    s.finalize = finalize;
+    s.apply = apply;
+    s.ctx = k;
+    return bnc_sweep_run(&s, n_threads);
+}
+
+int F(bnc_batchnorm_stats)(bnc_dims_t d, const T *x, bnc_strides_t xs, double *mean,
+                           double *var, int n_threads)
+{
+    F(ctx_t) k = {0};
+    int st = bnc_check_dims(d, n_threads);
+    if (st)
+        return st;
+    if (!x || !mean || !var)
+        return BNC_ERR_NULL;
+    bnc_plan_make(&k.plan, d, d.inner == 1 && xs.channel == 1);
+    k.x = x;
+    k.xs = xs;
+    k.mean = mean;
+    k.var = var;
+    return F(sweep)(&k, 3, 5, F(reduce_moments), F(finalize_moments), NULL, n_threads);
+}
+
+int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
+                               const P *weight, const P *bias, double eps, T *y,
+                               bnc_strides_t ys, P *save_mean, P *save_invstd,
+                               P *save_var, int n_threads)
+{
+    F(ctx_t) k = {0};
+    int st = bnc_check_dims(d, n_threads);
+    if (st)
+        return st;
+    if (!x || !y)
+        return BNC_ERR_NULL;
+    if (!(eps > 0) || !isfinite(eps))
+        return BNC_ERR_EPS;
+    bnc_plan_make(&k.plan, d, d.inner == 1 && xs.channel == 1);
+    k.x = x;
+    k.xs = xs;
+    k.out = y;
+    k.os = ys;
+    k.weight = weight;
+    k.bias = bias;
+    k.eps = eps;
+    k.save_mean = save_mean;
+    k.save_invstd = save_invstd;
+    k.save_var = save_var;
+    if ((st = F(coef_alloc)(&k, 3)))
+        return st;
+    st = F(sweep)(&k, 3, 5, F(reduce_moments), F(finalize_moments), F(apply_norm),
+                  n_threads);
+    free(k.cm);
+    return st;
+}
+
+int F(bnc_batchnorm_fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs,
+                              const P *weight, const P *bias, const P *mean,
+                              const P *var, double eps, T *y, bnc_strides_t ys,
+                              int n_threads)
+{
+    F(ctx_t) k = {0};
+    int st = bnc_check_dims(d, n_threads);
+    if (st)
+        return st;
+    if (!x || !y || !mean || !var)
+        return BNC_ERR_NULL;
+    if (!(eps > 0) || !isfinite(eps))
+        return BNC_ERR_EPS;
+    bnc_plan_make(&k.plan, d, d.inner == 1 && xs.channel == 1);
+    k.x = x;
+    k.xs = xs;
+    k.out = y;
+    k.os = ys;
+    if ((st = F(coef_alloc)(&k, 3)))
+        return st;
+    k.weight = weight;
+    k.bias = bias;
+    for (int64_t c = 0; c < d.channels; c++)
+        F(set_norm_coef)(&k, c, (double)mean[c], 1.0 / sqrt((double)var[c] + eps));
+    st = F(sweep)(&k, 0, 0, NULL, NULL, F(apply_norm), n_threads);
+    free(k.cm);
+    return st;
+}
+
+/* Shared set-up of the backward kernels. */
+static int F(grad_setup)(F(ctx_t) *k, bnc_dims_t d, const T *dy, bnc_strides_t dys,
+                         const T *x, bnc_strides_t xs, const P *mean,
+                         const P *invstd, int n_threads)
+{
+    int st = bnc_check_dims(d, n_threads);
+    if (st)
+        return st;
+    if (!dy || !x || !mean || !invstd)
+        return BNC_ERR_NULL;
+    bnc_plan_make(&k->plan, d, d.inner == 1 && xs.channel == 1 && dys.channel == 1);
+    k->dy = dy;
+    k->dys = dys;
+    k->x = x;
+    k->xs = xs;
+    k->mean_in = mean;
+    k->invstd_in = invstd;
+    return BNC_OK;
+}
+
+int F(bnc_batchnorm_bwd_train)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
+                               const T *x, bnc_strides_t xs, const P *weight,
+                               const P *mean, const P *invstd, T *dx,
+                               bnc_strides_t dxs, P *dweight, P *dbias, int n_threads)
+{
+    F(ctx_t) k = {0};
+    int st = F(grad_setup)(&k, d, dy, dys, x, xs, mean, invstd, n_threads);
+    if (st)
+        return st;
+    k.weight = weight;
+    k.out = dx;
+    k.os = dxs;
+    k.dweight = dweight;
+    k.dbias = dbias;
+    if (dx && (st = F(coef_alloc)(&k, 4)))
+        return st;
+    st = F(sweep)(&k, 2, 2, F(reduce_grad), F(finalize_grad), dx ? F(apply_grad) : NULL,
+                  n_threads);
+    free(k.cm);
+    return st;
+}
+
+int F(bnc_batchnorm_bwd_eval)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
+                              const T *x, bnc_strides_t xs, const P *weight,
+                              const P *mean, const P *invstd, T *dx,
+                              bnc_strides_t dxs, P *dweight, P *dbias, int n_threads)
+{
+    F(ctx_t) k = {0};
+    int st = F(grad_setup)(&k, d, dy, dys, x, xs, mean, invstd, n_threads);
+    if (st)
+        return st;
+    k.out = dx;
+    k.os = dxs;
+    k.dweight = dweight;
+    k.dbias = dbias;
+    if (dx) {
+        if ((st = F(coef_alloc)(&k, 2)))
+            return st;
+        k.write_in_reduce = 1;
+        for (int64_t c = 0; c < d.channels; c++)
+            k.ca[c] = (P)((weight ? (double)weight[c] : 1.0) * (double)invstd[c]);
+    }
+    st = F(sweep)(&k, 2, 2, F(reduce_grad), F(finalize_grad), NULL, n_threads);
+    free(k.cm);
+    return st;
+}
+
+int F(bnc_batchnorm_bwd_reduce)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
+                                const T *x, bnc_strides_t xs, const P *mean,
+                                const P *invstd, double *sum_dy, double *sum_dy_xhat,
+                                int n_threads)
+{
+    F(ctx_t) k = {0};
+    int st = F(grad_setup)(&k, d, dy, dys, x, xs, mean, invstd, n_threads);
+    if (st)
+        return st;
+    if (!sum_dy || !sum_dy_xhat)
+        return BNC_ERR_NULL;
+    k.sum_dy = sum_dy;
+    k.sum_dy_xhat = sum_dy_xhat;
+    return F(sweep)(&k, 2, 2, F(reduce_grad), F(finalize_grad), NULL, n_threads);
+}
+
+int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
+                               const T *x, bnc_strides_t xs, const P *weight,
+                               const P *mean, const P *invstd, const double *sum_dy,
+                               const double *sum_dy_xhat, int64_t count, T *dx,
+                               bnc_strides_t dxs, int n_threads)
+{
+    F(ctx_t) k = {0};
+    int st = F(grad_setup)(&k, d, dy, dys, x, xs, mean, invstd, n_threads);
+    if (st)
+        return st;
+    if (!sum_dy || !sum_dy_xhat || !dx)
+        return BNC_ERR_NULL;
+    if (count < 1)
+        return BNC_ERR_COUNT;
+    k.out = dx;
+    k.os = dxs;
+    k.weight = weight;
+    if ((st = F(coef_alloc)(&k, 4)))
+        return st;
+    for (int64_t c = 0; c < d.channels; c++)
+        F(set_grad_coef)(&k, c, sum_dy[c], sum_dy_xhat[c], (double)count);
+    st = F(sweep)(&k, 0, 0, NULL, NULL, F(apply_grad), n_threads);
+    free(k.cm);
+    return st;
+}
+
+#undef F

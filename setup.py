@@ -1,0 +1,89 @@
+"""Build of bnc: one extension, bnc._core, from bnc/_core.pyx and csrc/*.c.
+
+OpenMP is probed with the compiler that builds the extension: if a tiny
+OpenMP program compiles and links, the kernels are built with -fopenmp;
+otherwise (or with BNC_DISABLE_OPENMP=1) they are built serially and a
+warning says so.
+"""
+import os
+import sys
+import tempfile
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).resolve().parent
+C_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c"))
+BASE_FLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-function"]
+OPENMP_FLAGS = {"unix": ["-fopenmp"], "msvc": ["/openmp"]}
+
+_PROBE = textwrap.dedent("""
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return n > 0 && omp_get_max_threads() > 0 ? 0 : 1;
+    }
+""")
+
+
+def openmp_works(compiler, flags):
+    """True if `compiler` compiles and links an OpenMP program with `flags`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(_PROBE)
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+            compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=flags)
+        except Exception:  # any compile or link failure means "no OpenMP"
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        ctype = self.compiler.compiler_type
+        flags = list(BASE_FLAGS) if ctype == "unix" else []
+        omp = OPENMP_FLAGS.get(ctype, [])
+        use_omp = False
+        if os.environ.get("BNC_DISABLE_OPENMP", "") not in ("", "0"):
+            warnings.warn("bnc: BNC_DISABLE_OPENMP is set: building the serial kernels")
+        elif omp and openmp_works(self.compiler, omp):
+            use_omp = True
+        else:
+            warnings.warn("bnc: the compiler has no usable OpenMP: building the serial "
+                          "kernels (every call runs on one thread)")
+        print(f"bnc: OpenMP {'enabled' if use_omp else 'disabled'}", file=sys.stderr)
+        for ext in self.extensions:
+            ext.extra_compile_args = flags + (omp if use_omp else [])
+            ext.extra_link_args = omp if use_omp else []
+        super().build_extensions()
+
+
+extension = Extension(
+    "bnc._core",
+    sources=["bnc/_core.pyx"] + C_SOURCES,
+    include_dirs=["csrc/include", "csrc", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+)
+
+setup(
+    ext_modules=cythonize(
+        [extension],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)
