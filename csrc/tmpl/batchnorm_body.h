@@ -26,7 +26,7 @@ typedef struct {
     double *sum_dy, *sum_dy_xhat;  /* backward sums (reduce kernel) */
     P *save_mean, *save_invstd, *save_var;
     P *dweight, *dbias;
-    P *cm, *ca, *cb, *cg;          /* per-channel coefficients, see the apply passes */
+    P *cm, *cl, *ca, *cb, *cg;     /* per-channel coefficients, see the apply passes */
 } F(ctx_t);
 
 /* ---- contiguous runs, reduced in eight fixed lanes of double ---- */
@@ -90,10 +90,13 @@ static void F(run_grad)(const T *restrict dy, const T *restrict x, T *restrict d
 
 /* ---- per-channel coefficients of the elementwise passes ---- */
 
-/* Normalizing pass: y = (x - cm) * ca + cb. */
+/* Normalizing pass: y = ((x - cm) - cl) * ca + cb. The mean is split into a
+ * P-rounded head cm and the rest cl: x - cm is exact for x near the mean, so
+ * float32 data far from zero (|mean|/std = 1e4) still normalizes to ~1 ulp. */
 static void F(set_norm_coef)(F(ctx_t) *k, int64_t c, double mean, double invstd)
 {
     k->cm[c] = (P)mean;
+    k->cl[c] = (P)(mean - (double)k->cm[c]);
     k->ca[c] = (P)((k->weight ? (double)k->weight[c] : 1.0) * invstd);
     k->cb[c] = k->bias ? k->bias[c] : (P)0;
 }
@@ -112,8 +115,9 @@ static void F(set_grad_coef)(F(ctx_t) *k, int64_t c, double sdy, double sdyx, do
 /* ---- phase 1: per-channel moments (count, mean, M2) ---- */
 
 /* Slab layout: fold the blocks of chunk j of channel c into part[0..2].
- * Interleaved: chunk j of rows, every channel; part is [5][C]: n, mean, M2
- * and two rows of block scratch. */
+ * Interleaved: chunk j of rows, every channel; part is [6][C]: n, mean, M2
+ * and three rows of block scratch. Both use the corrected two-pass scheme
+ * per block: mean, then squared and plain deviations from it. */
 static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
 {
     const F(ctx_t) *k = vctx;
@@ -146,12 +150,13 @@ static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
         const int64_t C = p->channels;
         double *restrict n = part, *restrict mean = part + C, *restrict m2 = part + 2 * C;
         double *restrict bmean = part + 3 * C, *restrict bm2 = part + 4 * C;
+        double *restrict bdev = part + 5 * C;
         for (int64_t b = b0; b < b1; b++) {
             double rows, fb, fab;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             rows = (double)(r1 - r0);
             for (int64_t ch = 0; ch < C; ch++)
-                bmean[ch] = bm2[ch] = 0;
+                bmean[ch] = bm2[ch] = bdev[ch] = 0;
             for (int64_t r = r0; r < r1; r++) {
                 const T *restrict xr = k->x + r * k->xs.outer;
                 for (int64_t ch = 0; ch < C; ch++)
@@ -163,8 +168,13 @@ static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
                 const T *restrict xr = k->x + r * k->xs.outer;
                 for (int64_t ch = 0; ch < C; ch++) {
                     double v = (double)LOAD(xr[ch]) - bmean[ch];
+                    bdev[ch] += v;
                     bm2[ch] += v * v;
                 }
+            }
+            for (int64_t ch = 0; ch < C; ch++) {
+                bm2[ch] -= bdev[ch] * (bdev[ch] / rows);
+                bmean[ch] += bdev[ch] / rows;
             }
             if (b == b0) {
                 for (int64_t ch = 0; ch < C; ch++) {
@@ -291,7 +301,7 @@ static void F(finalize_grad)(void *vctx, int64_t c, const double *parts, int64_t
 
 /* ---- phase 3: the elementwise passes ---- */
 
-/* Forward: y = (x - cm) * ca + cb. */
+/* Forward: y = ((x - cm) - cl) * ca + cb. */
 static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
 {
     const F(ctx_t) *k = vctx;
@@ -299,7 +309,7 @@ static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
     int64_t b0, b1, r0, r1, i0, i1;
     bnc_chunk_blocks(p, j, &b0, &b1);
     if (!p->interleaved) {
-        const P m = k->cm[c], a = k->ca[c], s = k->cb[c];
+        const P m = k->cm[c], ml = k->cl[c], a = k->ca[c], s = k->cb[c];
         const T *xc = k->x + c * k->xs.channel;
         T *yc = k->out + c * k->os.channel;
         for (int64_t b = b0; b < b1; b++) {
@@ -308,12 +318,13 @@ static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
                 const T *xr = xc + r * k->xs.outer;
                 T *yr = yc + r * k->os.outer;
                 for (int64_t i = i0; i < i1; i++)
-                    yr[i] = STORE((LOAD(xr[i]) - m) * a + s);
+                    yr[i] = STORE(((LOAD(xr[i]) - m) - ml) * a + s);
             }
         }
     } else {
         const int64_t C = p->channels, yc = k->os.channel;
-        const P *restrict m = k->cm, *restrict a = k->ca, *restrict s = k->cb;
+        const P *restrict m = k->cm, *restrict ml = k->cl, *restrict a = k->ca,
+                *restrict s = k->cb;
         r0 = b0 * p->rows;
         r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
         for (int64_t r = r0; r < r1; r++) {
@@ -321,10 +332,10 @@ static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
             T *yr = k->out + r * k->os.outer;
             if (yc == 1)
                 for (int64_t ch = 0; ch < C; ch++)
-                    yr[ch] = STORE((LOAD(xr[ch]) - m[ch]) * a[ch] + s[ch]);
+                    yr[ch] = STORE(((LOAD(xr[ch]) - m[ch]) - ml[ch]) * a[ch] + s[ch]);
             else
                 for (int64_t ch = 0; ch < C; ch++)
-                    yr[ch * yc] = STORE((LOAD(xr[ch]) - m[ch]) * a[ch] + s[ch]);
+                    yr[ch * yc] = STORE(((LOAD(xr[ch]) - m[ch]) - ml[ch]) * a[ch] + s[ch]);
         }
     }
 }
@@ -368,17 +379,19 @@ static void F(apply_grad)(void *vctx, int64_t c, int64_t j)
 
 /* ---- entry points ---- */
 
-/* Allocates the per-channel coefficient arrays (count of them: n). */
+/* Allocates the per-channel coefficients: ca only (n = 1), those of the
+ * normalizing pass (n = 4: cm, cl, ca, cb) or of the backward (n = 5, + cg). */
 static int F(coef_alloc)(F(ctx_t) *k, int n)
 {
     int64_t C = k->plan.channels;
     P *buf = malloc(sizeof(P) * (size_t)(C * n));
     if (!buf)
         return BNC_ERR_NOMEM;
-    k->cm = buf;
-    k->ca = buf + C;
-    k->cb = n > 2 ? buf + 2 * C : NULL;
-    k->cg = n > 3 ? buf + 3 * C : NULL;
+    k->ca = buf;
+    k->cm = n > 1 ? buf + C : NULL;
+    k->cl = n > 1 ? buf + 2 * C : NULL;
+    k->cb = n > 1 ? buf + 3 * C : NULL;
+    k->cg = n > 4 ? buf + 4 * C : NULL;
     return BNC_OK;
 }
 
@@ -411,7 +424,7 @@ int F(bnc_batchnorm_stats)(bnc_dims_t d, const T *x, bnc_strides_t xs, double *m
     k.xs = xs;
     k.mean = mean;
     k.var = var;
-    return F(sweep)(&k, 3, 5, F(reduce_moments), F(finalize_moments), NULL, n_threads);
+    return F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), NULL, n_threads);
 }
 
 int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
@@ -438,11 +451,11 @@ int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.save_mean = save_mean;
     k.save_invstd = save_invstd;
     k.save_var = save_var;
-    if ((st = F(coef_alloc)(&k, 3)))
+    if ((st = F(coef_alloc)(&k, 4)))
         return st;
-    st = F(sweep)(&k, 3, 5, F(reduce_moments), F(finalize_moments), F(apply_norm),
+    st = F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), F(apply_norm),
                   n_threads);
-    free(k.cm);
+    free(k.ca);
     return st;
 }
 
@@ -464,14 +477,14 @@ int F(bnc_batchnorm_fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.xs = xs;
     k.out = y;
     k.os = ys;
-    if ((st = F(coef_alloc)(&k, 3)))
+    if ((st = F(coef_alloc)(&k, 4)))
         return st;
     k.weight = weight;
     k.bias = bias;
     for (int64_t c = 0; c < d.channels; c++)
         F(set_norm_coef)(&k, c, (double)mean[c], 1.0 / sqrt((double)var[c] + eps));
     st = F(sweep)(&k, 0, 0, NULL, NULL, F(apply_norm), n_threads);
-    free(k.cm);
+    free(k.ca);
     return st;
 }
 
@@ -509,11 +522,11 @@ int F(bnc_batchnorm_bwd_train)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.os = dxs;
     k.dweight = dweight;
     k.dbias = dbias;
-    if (dx && (st = F(coef_alloc)(&k, 4)))
+    if (dx && (st = F(coef_alloc)(&k, 5)))
         return st;
     st = F(sweep)(&k, 2, 2, F(reduce_grad), F(finalize_grad), dx ? F(apply_grad) : NULL,
                   n_threads);
-    free(k.cm);
+    free(k.ca);
     return st;
 }
 
@@ -531,14 +544,14 @@ int F(bnc_batchnorm_bwd_eval)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.dweight = dweight;
     k.dbias = dbias;
     if (dx) {
-        if ((st = F(coef_alloc)(&k, 2)))
+        if ((st = F(coef_alloc)(&k, 1)))
             return st;
         k.write_in_reduce = 1;
         for (int64_t c = 0; c < d.channels; c++)
             k.ca[c] = (P)((weight ? (double)weight[c] : 1.0) * (double)invstd[c]);
     }
     st = F(sweep)(&k, 2, 2, F(reduce_grad), F(finalize_grad), NULL, n_threads);
-    free(k.cm);
+    free(k.ca);
     return st;
 }
 
@@ -575,12 +588,12 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.out = dx;
     k.os = dxs;
     k.weight = weight;
-    if ((st = F(coef_alloc)(&k, 4)))
+    if ((st = F(coef_alloc)(&k, 5)))
         return st;
     for (int64_t c = 0; c < d.channels; c++)
         F(set_grad_coef)(&k, c, sum_dy[c], sum_dy_xhat[c], (double)count);
     st = F(sweep)(&k, 0, 0, NULL, NULL, F(apply_grad), n_threads);
-    free(k.cm);
+    free(k.ca);
     return st;
 }
 

@@ -1,0 +1,567 @@
+/* test_batchnorm.c - C-only tests of the batch norm kernels (no Python).
+ *
+ * Every kernel is compared with a plain double-precision reference computed
+ * here from the same input values, over shapes that hit each path (slab and
+ * interleaved layouts, long rows split in pieces, few and many channels,
+ * strided and negative-stride views), for f32, f64 and f16; results must be
+ * bit-identical for 1..4 threads; bad arguments must give their status code.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnc/bnc.h"
+
+static int failures = 0;
+
+#define CHECK(cond, ...)                                              \
+    do {                                                              \
+        if (!(cond)) {                                                \
+            failures++;                                               \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
+            fprintf(stderr, __VA_ARGS__);                             \
+            fprintf(stderr, "\n");                                    \
+        }                                                             \
+    } while (0)
+
+enum dtype { F32, F64, F16 };
+static const char *dname[] = {"f32", "f64", "f16"};
+static size_t dsize(enum dtype t) { return t == F64 ? 8 : t == F32 ? 4 : 2; }
+
+/* ---- data in any dtype, read back as double ---- */
+
+static void put(enum dtype t, void *buf, int64_t i, double v)
+{
+    if (t == F32)
+        ((float *)buf)[i] = (float)v;
+    else if (t == F64)
+        ((double *)buf)[i] = v;
+    else
+        ((bnc_f16_t *)buf)[i] = bnc_f32_to_f16((float)v);
+}
+
+static double get(enum dtype t, const void *buf, int64_t i)
+{
+    if (t == F32)
+        return ((const float *)buf)[i];
+    if (t == F64)
+        return ((const double *)buf)[i];
+    return bnc_f16_to_f32(((const bnc_f16_t *)buf)[i]);
+}
+
+static uint64_t rng_state = 42;
+static double urand(void) /* uniform in [0, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) * 0x1p-53;
+}
+static double nrand(void) { return sqrt(-2 * log(1 - urand())) * cos(6.283185307179586 * urand()); }
+
+/* A view: dims plus element strides, over a buffer with room for them. */
+typedef struct {
+    bnc_dims_t d;
+    bnc_strides_t s;
+    int64_t base; /* element offset of (0, 0, 0) in the buffer */
+    int64_t len;  /* buffer length in elements */
+} view_t;
+
+static int64_t at(const view_t *v, int64_t o, int64_t c, int64_t i)
+{
+    return v->base + o * v->s.outer + c * v->s.channel + i;
+}
+
+/* layout 0: contiguous; 1: padded outer stride; 2: reversed channels;
+ * 3: reversed outer rows and padded channel stride */
+static view_t make_view(bnc_dims_t d, int layout)
+{
+    view_t v;
+    int64_t cpad = layout == 3 ? d.inner + 3 : d.inner;
+    int64_t opad = d.channels * cpad + (layout == 1 || layout == 3 ? 5 : 0);
+    v.d = d;
+    v.s.channel = layout == 2 ? -cpad : cpad;
+    v.s.outer = layout == 3 ? -opad : opad;
+    v.len = d.outer * opad;
+    v.base = 0;
+    if (layout == 2)
+        v.base = (d.channels - 1) * cpad;
+    if (layout == 3)
+        v.base = (d.outer - 1) * opad;
+    return v;
+}
+
+/* ---- the double reference ---- */
+
+static void ref_stats(const view_t *v, enum dtype t, const void *x, double *mean, double *var)
+{
+    double n = (double)(v->d.outer * v->d.inner);
+    for (int64_t c = 0; c < v->d.channels; c++) {
+        double s = 0, q = 0;
+        for (int64_t o = 0; o < v->d.outer; o++)
+            for (int64_t i = 0; i < v->d.inner; i++)
+                s += get(t, x, at(v, o, c, i));
+        mean[c] = s / n;
+        for (int pass = 0; pass < 2; pass++) { /* refine the mean, then the variance */
+            double dev = 0;
+            q = 0;
+            for (int64_t o = 0; o < v->d.outer; o++)
+                for (int64_t i = 0; i < v->d.inner; i++) {
+                    double e = get(t, x, at(v, o, c, i)) - mean[c];
+                    dev += e;
+                    q += e * e;
+                }
+            if (pass == 0)
+                mean[c] += dev / n;
+        }
+        var[c] = q / n;
+    }
+}
+
+/* Largest |a - b| over the view, relative to max(1, max |b|). */
+static double view_err(const view_t *va, enum dtype t, const void *a, const double *b)
+{
+    double err = 0, scale = 1;
+    int64_t k = 0;
+    for (int64_t o = 0; o < va->d.outer; o++)
+        for (int64_t c = 0; c < va->d.channels; c++)
+            for (int64_t i = 0; i < va->d.inner; i++, k++) {
+                double e = fabs(get(t, a, at(va, o, c, i)) - b[k]);
+                err = e > err ? e : err;
+                scale = fabs(b[k]) > scale ? fabs(b[k]) : scale;
+            }
+    return err / scale;
+}
+
+static double vec_err(const double *a, const double *b, int64_t n)
+{
+    double err = 0, scale = 1;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs(a[i] - b[i]);
+        err = e > err ? e : err;
+        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
+    }
+    return err / scale;
+}
+
+/* ---- calling a kernel in any dtype, per-channel arrays given as double ---- */
+
+typedef struct {
+    double *w, *b, *mean, *var, *invstd, *dw, *db, *sdy, *sdyx;
+} chan_t;
+
+static void *to_p(enum dtype t, const double *v, int64_t n)
+{
+    void *p = malloc((size_t)n * (t == F64 ? 8 : 4));
+    for (int64_t i = 0; i < n; i++) {
+        if (t == F64)
+            ((double *)p)[i] = v[i];
+        else
+            ((float *)p)[i] = (float)v[i];
+    }
+    return p;
+}
+
+static void from_p(enum dtype t, const void *p, double *v, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        v[i] = t == F64 ? ((const double *)p)[i] : ((const float *)p)[i];
+}
+
+/* The kernels take typed pointers; these wrappers take void * per dtype. */
+static int k_stats(enum dtype t, const view_t *v, const void *x, double *m, double *var, int nt)
+{
+    const char *px = (const char *)x + v->base * (int64_t)dsize(t);
+    if (t == F32)
+        return bnc_batchnorm_stats_f32(v->d, (const float *)px, v->s, m, var, nt);
+    if (t == F64)
+        return bnc_batchnorm_stats_f64(v->d, (const double *)px, v->s, m, var, nt);
+    return bnc_batchnorm_stats_f16(v->d, (const bnc_f16_t *)px, v->s, m, var, nt);
+}
+
+static int k_fwd_train(enum dtype t, const view_t *vx, const void *x, const void *w,
+                       const void *b, double eps, const view_t *vy, void *y, void *sm,
+                       void *si, void *sv, int nt)
+{
+    const char *px = (const char *)x + vx->base * (int64_t)dsize(t);
+    char *py = (char *)y + vy->base * (int64_t)dsize(t);
+    if (t == F32)
+        return bnc_batchnorm_fwd_train_f32(vx->d, (const float *)px, vx->s, w, b, eps,
+                                           (float *)py, vy->s, sm, si, sv, nt);
+    if (t == F64)
+        return bnc_batchnorm_fwd_train_f64(vx->d, (const double *)px, vx->s, w, b, eps,
+                                           (double *)py, vy->s, sm, si, sv, nt);
+    return bnc_batchnorm_fwd_train_f16(vx->d, (const bnc_f16_t *)px, vx->s, w, b, eps,
+                                       (bnc_f16_t *)py, vy->s, sm, si, sv, nt);
+}
+
+static int k_fwd_eval(enum dtype t, const view_t *vx, const void *x, const void *w,
+                      const void *b, const void *m, const void *var, double eps,
+                      const view_t *vy, void *y, int nt)
+{
+    const char *px = (const char *)x + vx->base * (int64_t)dsize(t);
+    char *py = (char *)y + vy->base * (int64_t)dsize(t);
+    if (t == F32)
+        return bnc_batchnorm_fwd_eval_f32(vx->d, (const float *)px, vx->s, w, b, m, var,
+                                          eps, (float *)py, vy->s, nt);
+    if (t == F64)
+        return bnc_batchnorm_fwd_eval_f64(vx->d, (const double *)px, vx->s, w, b, m, var,
+                                          eps, (double *)py, vy->s, nt);
+    return bnc_batchnorm_fwd_eval_f16(vx->d, (const bnc_f16_t *)px, vx->s, w, b, m, var,
+                                      eps, (bnc_f16_t *)py, vy->s, nt);
+}
+
+static int k_bwd(enum dtype t, int train, const view_t *v, const void *dy, const void *x,
+                 const void *w, const void *m, const void *is, void *dx, void *dw,
+                 void *db, int nt)
+{
+    int64_t off = v->base * (int64_t)dsize(t);
+    const char *pdy = (const char *)dy + off, *px = (const char *)x + off;
+    char *pdx = (char *)dx + off;
+    if (t == F32)
+        return (train ? bnc_batchnorm_bwd_train_f32 : bnc_batchnorm_bwd_eval_f32)(
+            v->d, (const float *)pdy, v->s, (const float *)px, v->s, w, m, is,
+            (float *)pdx, v->s, dw, db, nt);
+    if (t == F64)
+        return (train ? bnc_batchnorm_bwd_train_f64 : bnc_batchnorm_bwd_eval_f64)(
+            v->d, (const double *)pdy, v->s, (const double *)px, v->s, w, m, is,
+            (double *)pdx, v->s, dw, db, nt);
+    return (train ? bnc_batchnorm_bwd_train_f16 : bnc_batchnorm_bwd_eval_f16)(
+        v->d, (const bnc_f16_t *)pdy, v->s, (const bnc_f16_t *)px, v->s, w, m, is,
+        (bnc_f16_t *)pdx, v->s, dw, db, nt);
+}
+
+static int k_bwd_split(enum dtype t, const view_t *v, const void *dy, const void *x,
+                       const void *w, const void *m, const void *is, void *dx, int nt)
+{
+    int64_t off = v->base * (int64_t)dsize(t), C = v->d.channels, st;
+    const char *pdy = (const char *)dy + off, *px = (const char *)x + off;
+    char *pdx = (char *)dx + off;
+    double *sdy = malloc(sizeof(double) * (size_t)C), *sdyx = malloc(sizeof(double) * (size_t)C);
+    int64_t n = v->d.outer * v->d.inner;
+    if (t == F32) {
+        st = bnc_batchnorm_bwd_reduce_f32(v->d, (const float *)pdy, v->s, (const float *)px,
+                                          v->s, m, is, sdy, sdyx, nt);
+        if (!st)
+            st = bnc_batchnorm_bwd_elemt_f32(v->d, (const float *)pdy, v->s,
+                                             (const float *)px, v->s, w, m, is, sdy, sdyx,
+                                             n, (float *)pdx, v->s, nt);
+    } else if (t == F64) {
+        st = bnc_batchnorm_bwd_reduce_f64(v->d, (const double *)pdy, v->s,
+                                          (const double *)px, v->s, m, is, sdy, sdyx, nt);
+        if (!st)
+            st = bnc_batchnorm_bwd_elemt_f64(v->d, (const double *)pdy, v->s,
+                                             (const double *)px, v->s, w, m, is, sdy, sdyx,
+                                             n, (double *)pdx, v->s, nt);
+    } else {
+        st = bnc_batchnorm_bwd_reduce_f16(v->d, (const bnc_f16_t *)pdy, v->s,
+                                          (const bnc_f16_t *)px, v->s, m, is, sdy, sdyx, nt);
+        if (!st)
+            st = bnc_batchnorm_bwd_elemt_f16(v->d, (const bnc_f16_t *)pdy, v->s,
+                                             (const bnc_f16_t *)px, v->s, w, m, is, sdy,
+                                             sdyx, n, (bnc_f16_t *)pdx, v->s, nt);
+    }
+    free(sdy);
+    free(sdyx);
+    return (int)st;
+}
+
+/* ---- one full case: every kernel on one shape, layout and dtype ---- */
+
+static void run_case(bnc_dims_t d, int layout, enum dtype t, double offset, int nt)
+{
+    const int64_t C = d.channels, n = d.outer * d.inner, total = n * C;
+    const double tol = t == F64 ? 1e-12 : t == F32 ? 2e-5 : 4e-3;
+    view_t v = make_view(d, layout);
+    size_t bytes = (size_t)v.len * dsize(t);
+    void *x = calloc(1, bytes), *y = calloc(1, bytes), *dy = calloc(1, bytes),
+         *dx = calloc(1, bytes), *dx2 = calloc(1, bytes);
+    double *w = malloc(sizeof(double) * (size_t)C), *b = malloc(sizeof(double) * (size_t)C);
+    double *rm = malloc(sizeof(double) * (size_t)C), *rv = malloc(sizeof(double) * (size_t)C);
+    double *km = malloc(sizeof(double) * (size_t)C), *kv = malloc(sizeof(double) * (size_t)C);
+    double *ry = calloc((size_t)total, sizeof(double)), *rdx = calloc((size_t)total, sizeof(double));
+    double *tmp = malloc(sizeof(double) * (size_t)C * 3);
+    double eps = 1e-5;
+    char what[160];
+    snprintf(what, sizeof what, "%s outer=%lld C=%lld inner=%lld layout=%d offset=%g nt=%d",
+             dname[t], (long long)d.outer, (long long)C, (long long)d.inner, layout, offset, nt);
+
+    for (int64_t o = 0; o < d.outer; o++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < d.inner; i++) {
+                put(t, x, at(&v, o, c, i), offset * (1 + c % 3) + (1 + 0.5 * (double)c) * nrand());
+                put(t, dy, at(&v, o, c, i), nrand());
+            }
+    for (int64_t c = 0; c < C; c++) {
+        w[c] = 0.5 + urand();
+        b[c] = nrand();
+    }
+    if (t != F64) /* per-channel values as the kernel sees them */
+        for (int64_t c = 0; c < C; c++) {
+            w[c] = (float)w[c];
+            b[c] = (float)b[c];
+        }
+
+    /* statistics */
+    ref_stats(&v, t, x, rm, rv);
+    CHECK(k_stats(t, &v, x, km, kv, nt) == BNC_OK, "stats status %s", what);
+    CHECK(vec_err(km, rm, C) <= 1e-13 * (1 + fabs(offset)), "stats mean %s: %g", what,
+          vec_err(km, rm, C));
+    for (int64_t c = 0; c < C; c++)
+        CHECK(fabs(kv[c] - rv[c]) <= 1e-12 * rv[c] + 1e-300, "stats var %s c=%lld: %.17g vs %.17g",
+              what, (long long)c, kv[c], rv[c]);
+
+    /* training forward */
+    {
+        void *pw = to_p(t, w, C), *pb = to_p(t, b, C), *sm = to_p(t, km, C),
+             *si = to_p(t, km, C), *sv = to_p(t, km, C);
+        int64_t k = 0;
+        CHECK(k_fwd_train(t, &v, x, pw, pb, eps, &v, y, sm, si, sv, nt) == BNC_OK,
+              "fwd_train status %s", what);
+        for (int64_t o = 0; o < d.outer; o++)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t i = 0; i < d.inner; i++, k++)
+                    ry[k] = (get(t, x, at(&v, o, c, i)) - rm[c]) / sqrt(rv[c] + eps) * w[c] + b[c];
+        CHECK(view_err(&v, t, y, ry) <= tol, "fwd_train y %s: %g", what, view_err(&v, t, y, ry));
+        from_p(t, sv, tmp, C);
+        CHECK(vec_err(tmp, rv, C) <= (t == F64 ? 1e-12 : 1e-6), "fwd_train save_var %s", what);
+
+        /* inference with the saved (P-rounded) statistics */
+        memset(y, 0, bytes);
+        CHECK(k_fwd_eval(t, &v, x, pw, pb, sm, sv, eps, &v, y, nt) == BNC_OK,
+              "fwd_eval status %s", what);
+        {
+            double *pm = malloc(sizeof(double) * (size_t)C);
+            from_p(t, sm, pm, C);
+            k = 0;
+            for (int64_t o = 0; o < d.outer; o++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t i = 0; i < d.inner; i++, k++)
+                        ry[k] = (get(t, x, at(&v, o, c, i)) - pm[c]) / sqrt(tmp[c] + eps) * w[c] + b[c];
+            free(pm);
+        }
+        CHECK(view_err(&v, t, y, ry) <= tol, "fwd_eval y %s: %g", what, view_err(&v, t, y, ry));
+
+        /* backward through batch statistics */
+        {
+            void *dw = to_p(t, w, C), *db = to_p(t, w, C);
+            double *rdw = malloc(sizeof(double) * (size_t)C), *rdb = malloc(sizeof(double) * (size_t)C);
+            double *mean_p = malloc(sizeof(double) * (size_t)C), *is_p = malloc(sizeof(double) * (size_t)C);
+            from_p(t, sm, mean_p, C);
+            from_p(t, si, is_p, C);
+            for (int64_t c = 0; c < C; c++) {
+                double sdy = 0, sdyx = 0;
+                for (int64_t o = 0; o < d.outer; o++)
+                    for (int64_t i = 0; i < d.inner; i++) {
+                        double g = get(t, dy, at(&v, o, c, i));
+                        sdy += g;
+                        sdyx += g * (get(t, x, at(&v, o, c, i)) - mean_p[c]) * is_p[c];
+                    }
+                rdb[c] = sdy;
+                rdw[c] = sdyx;
+                for (int64_t o = 0; o < d.outer; o++)
+                    for (int64_t i = 0; i < d.inner; i++) {
+                        double xh = (get(t, x, at(&v, o, c, i)) - mean_p[c]) * is_p[c];
+                        rdx[(o * C + c) * d.inner + i] =
+                            w[c] * is_p[c] * (get(t, dy, at(&v, o, c, i)) - sdy / (double)n - xh * sdyx / (double)n);
+                    }
+            }
+            CHECK(k_bwd(t, 1, &v, dy, x, pw, sm, si, dx, dw, db, nt) == BNC_OK,
+                  "bwd_train status %s", what);
+            CHECK(view_err(&v, t, dx, rdx) <= tol * 4, "bwd_train dx %s: %g", what,
+                  view_err(&v, t, dx, rdx));
+            from_p(t, dw, tmp, C);
+            CHECK(vec_err(tmp, rdw, C) <= (t == F64 ? 1e-10 : 1e-5), "bwd_train dw %s", what);
+            from_p(t, db, tmp, C);
+            CHECK(vec_err(tmp, rdb, C) <= (t == F64 ? 1e-10 : 1e-5), "bwd_train db %s", what);
+
+            /* the split reduce/elemt pair gives the same bits as the fused call */
+            CHECK(k_bwd_split(t, &v, dy, x, pw, sm, si, dx2, nt) == BNC_OK,
+                  "bwd split status %s", what);
+            CHECK(memcmp(dx, dx2, bytes) == 0, "bwd split differs from bwd_train %s", what);
+
+            /* backward with constant statistics: dx = dy * w * invstd */
+            {
+                int64_t kk = 0;
+                for (int64_t o = 0; o < d.outer; o++)
+                    for (int64_t c = 0; c < C; c++)
+                        for (int64_t i = 0; i < d.inner; i++, kk++)
+                            rdx[kk] = get(t, dy, at(&v, o, c, i)) * w[c] * is_p[c];
+            }
+            CHECK(k_bwd(t, 0, &v, dy, x, pw, sm, si, dx, dw, db, nt) == BNC_OK,
+                  "bwd_eval status %s", what);
+            CHECK(view_err(&v, t, dx, rdx) <= tol, "bwd_eval dx %s: %g", what,
+                  view_err(&v, t, dx, rdx));
+            from_p(t, dw, tmp, C);
+            CHECK(vec_err(tmp, rdw, C) <= (t == F64 ? 1e-10 : 1e-5), "bwd_eval dw %s", what);
+            free(dw);
+            free(db);
+            free(rdw);
+            free(rdb);
+            free(mean_p);
+            free(is_p);
+        }
+        free(pw);
+        free(pb);
+        free(sm);
+        free(si);
+        free(sv);
+    }
+    free(x); free(y); free(dy); free(dx); free(dx2);
+    free(w); free(b); free(rm); free(rv); free(km); free(kv); free(ry); free(rdx); free(tmp);
+}
+
+/* Every output must be bit-identical for 1..4 threads. */
+static void check_thread_invariance(bnc_dims_t d, int layout, enum dtype t)
+{
+    view_t v = make_view(d, layout);
+    size_t bytes = (size_t)v.len * dsize(t);
+    int64_t C = d.channels;
+    void *x = calloc(1, bytes), *dy = calloc(1, bytes), *y1 = calloc(1, bytes),
+         *y2 = calloc(1, bytes), *dx1 = calloc(1, bytes), *dx2 = calloc(1, bytes);
+    double *m1 = malloc(sizeof(double) * (size_t)C), *m2 = malloc(sizeof(double) * (size_t)C);
+    double *v1 = malloc(sizeof(double) * (size_t)C), *v2 = malloc(sizeof(double) * (size_t)C);
+    size_t pb = (size_t)C * (t == F64 ? 8 : 4);
+    void *s1 = malloc(pb * 3), *s2 = malloc(pb * 3), *g1 = malloc(pb * 2), *g2 = malloc(pb * 2);
+    for (int64_t k = 0; k < v.len; k++) {
+        put(t, x, k, 3 + nrand());
+        put(t, dy, k, nrand());
+    }
+    k_stats(t, &v, x, m1, v1, 1);
+    k_fwd_train(t, &v, x, NULL, NULL, 1e-5, &v, y1, s1, (char *)s1 + pb, (char *)s1 + 2 * pb, 1);
+    k_bwd(t, 1, &v, dy, x, NULL, s1, (char *)s1 + pb, dx1, g1, (char *)g1 + pb, 1);
+    for (int nt = 2; nt <= 4; nt++) {
+        k_stats(t, &v, x, m2, v2, nt);
+        k_fwd_train(t, &v, x, NULL, NULL, 1e-5, &v, y2, s2, (char *)s2 + pb, (char *)s2 + 2 * pb, nt);
+        k_bwd(t, 1, &v, dy, x, NULL, s1, (char *)s1 + pb, dx2, g2, (char *)g2 + pb, nt);
+        CHECK(!memcmp(m1, m2, sizeof(double) * (size_t)C) && !memcmp(v1, v2, sizeof(double) * (size_t)C),
+              "stats differ with %d threads (%s C=%lld)", nt, dname[t], (long long)C);
+        CHECK(!memcmp(y1, y2, bytes) && !memcmp(s1, s2, pb * 3),
+              "fwd_train differs with %d threads (%s C=%lld)", nt, dname[t], (long long)C);
+        CHECK(!memcmp(dx1, dx2, bytes) && !memcmp(g1, g2, pb * 2),
+              "bwd_train differs with %d threads (%s C=%lld)", nt, dname[t], (long long)C);
+    }
+    free(x); free(dy); free(y1); free(y2); free(dx1); free(dx2);
+    free(m1); free(m2); free(v1); free(v2); free(s1); free(s2); free(g1); free(g2);
+}
+
+static void test_f16_conversion(void)
+{
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = bnc_f16_to_f32((bnc_f16_t)h);
+        bnc_f16_t back = bnc_f32_to_f16(f);
+        if (isnan(f))
+            bad += !((back & 0x7c00) == 0x7c00 && (back & 0x3ff));
+        else
+            bad += back != h;
+    }
+    CHECK(bad == 0, "float16 round trip: %d bit patterns differ", bad);
+    /* rounding: ties to even, overflow to infinity, subnormals */
+    CHECK(bnc_f32_to_f16(1.0f + 0x1p-11f) == 0x3c00, "tie rounds to even (down)");
+    CHECK(bnc_f32_to_f16(1.0f + 3 * 0x1p-11f) == 0x3c02, "tie rounds to even (up)");
+    CHECK(bnc_f32_to_f16(65519.0f) == 0x7bff, "65519 -> 65504");
+    CHECK(bnc_f32_to_f16(65520.0f) == 0x7c00, "65520 -> inf");
+    CHECK(bnc_f32_to_f16(0x1p-25f) == 0, "2^-25 ties to zero");
+    CHECK(bnc_f32_to_f16(0x1.8p-25f) == 1, "1.5 * 2^-25 rounds to the smallest subnormal");
+    CHECK(bnc_f32_to_f16(-0x1p-24f) == 0x8001, "negative subnormal");
+    CHECK(bnc_f32_to_f16(0x1.ffcp-15f) == 0x0400, "rounding up into the normal range");
+#if defined(__FLT16_MAX__)
+    {
+        int diff = 0;
+        for (int k = 0; k < 200000; k++) { /* compare with the compiler's own conversion */
+            float f = (float)(nrand() * pow(2.0, (int)(urand() * 40) - 26));
+            __extension__ _Float16 h = f;
+            bnc_f16_t bits;
+            memcpy(&bits, &h, sizeof bits);
+            diff += bits != bnc_f32_to_f16(f);
+        }
+        CHECK(diff == 0, "float16 rounding differs from _Float16 for %d values", diff);
+    }
+#endif
+}
+
+static void test_errors(void)
+{
+    float x[8] = {0}, y[8], m[2], v[2];
+    double dm[2], dv[2];
+    bnc_dims_t d = {2, 2, 2}, bad = {2, 0, 2};
+    bnc_strides_t s = BNC_CONTIGUOUS(d);
+    CHECK(bnc_batchnorm_stats_f32(d, NULL, s, dm, dv, 1) == BNC_ERR_NULL, "NULL x");
+    CHECK(bnc_batchnorm_stats_f32(bad, x, s, dm, dv, 1) == BNC_ERR_SHAPE, "C = 0");
+    CHECK(bnc_batchnorm_stats_f32(d, x, s, dm, dv, 0) == BNC_ERR_THREADS, "0 threads");
+    CHECK(bnc_batchnorm_fwd_train_f32(d, x, s, NULL, NULL, 0.0, y, s, m, m, v, 1) == BNC_ERR_EPS, "eps 0");
+    CHECK(bnc_batchnorm_fwd_train_f32(d, x, s, NULL, NULL, NAN, y, s, m, m, v, 1) == BNC_ERR_EPS, "eps NaN");
+    CHECK(bnc_batchnorm_fwd_eval_f32(d, x, s, NULL, NULL, m, NULL, 1e-5, y, s, 1) == BNC_ERR_NULL, "NULL var");
+    {
+        bnc_dims_t huge = {INT64_MAX / 2, 4, 4};
+        CHECK(bnc_batchnorm_stats_f32(huge, x, s, dm, dv, 1) == BNC_ERR_SHAPE, "size overflow");
+    }
+    for (int st = 0; st >= BNC_ERR_LAST - 1; st--)
+        CHECK(bnc_strerror(st) != NULL && bnc_strerror(st)[0], "strerror(%d)", st);
+    CHECK(strcmp(bnc_version(), BNC_VERSION_STRING) == 0, "version");
+}
+
+/* Constant channels normalize to exactly the bias; large offsets keep the variance. */
+static void test_numerics(void)
+{
+    bnc_dims_t d = {64, 3, 100};
+    bnc_strides_t s = BNC_CONTIGUOUS(d);
+    int64_t total = d.outer * d.channels * d.inner;
+    float *x = malloc(sizeof(float) * (size_t)total), *y = malloc(sizeof(float) * (size_t)total);
+    float b[3] = {0.25f, -3.0f, 7.5f}, m[3], is[3], v[3];
+    double dm[3], dv[3];
+    int ok = 1;
+    for (int64_t k = 0; k < total; k++)
+        x[k] = 1234.5678f;
+    bnc_batchnorm_fwd_train_f32(d, x, s, NULL, b, 1e-5, y, s, m, is, v, 2);
+    for (int64_t k = 0; k < total; k++)
+        ok &= y[k] == b[(k / d.inner) % 3];
+    CHECK(ok, "a constant channel must normalize to exactly the bias");
+    /* |mean|/std = 1e4 in float32 */
+    for (int64_t k = 0; k < total; k++)
+        x[k] = (float)(1e4 + nrand());
+    {
+        view_t vw = make_view(d, 0);
+        double rm[3], rv[3];
+        ref_stats(&vw, F32, x, rm, rv);
+        bnc_batchnorm_stats_f32(d, x, s, dm, dv, 2);
+        for (int c = 0; c < 3; c++)
+            CHECK(fabs(dv[c] - rv[c]) <= 1e-10 * rv[c], "offset 1e4 var %g vs %g", dv[c], rv[c]);
+    }
+    free(x);
+    free(y);
+}
+
+int main(void)
+{
+    static const bnc_dims_t shapes[] = {
+        {1, 1, 7},      {5, 3, 1},       {2, 1, 3},     {16, 8, 1},   {300, 5, 1},
+        {4, 3, 5000},   {3, 2, 9000},    {8, 16, 49},   {2, 64, 3},   {2000, 4, 1},
+        {1, 70, 2},     {37, 9, 123},    {900, 40, 1},  {2, 3, 4100}, {6, 130, 1},
+    };
+    const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
+    test_f16_conversion();
+    test_errors();
+    test_numerics();
+    for (int si = 0; si < nshapes; si++)
+        for (int layout = 0; layout < 4; layout++)
+            for (int t = 0; t < 3; t++)
+                run_case(shapes[si], layout, (enum dtype)t, 0.0, 1 + (si + layout) % 3);
+    run_case((bnc_dims_t){50, 4, 60}, 0, F64, 1e8, 2);
+    run_case((bnc_dims_t){500, 4, 1}, 0, F64, 1e8, 2);
+    run_case((bnc_dims_t){50, 4, 60}, 0, F32, 1e4, 2);
+    if (bnc_openmp_enabled()) {
+        static const bnc_dims_t tshapes[] = {
+            {64, 1, 1000}, {4, 3, 20000}, {32, 64, 60}, {3000, 16, 1}, {2048, 3, 1}, {50, 5, 700},
+        };
+        for (int si = 0; si < 6; si++)
+            for (int t = 0; t < 3; t++)
+                check_thread_invariance(tshapes[si], si % 2 ? 1 : 0, (enum dtype)t);
+    }
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("test_batchnorm: all checks passed (openmp=%d)\n", bnc_openmp_enabled());
+    return 0;
+}
