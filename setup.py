@@ -19,6 +19,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 C_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c"))
+C_HEADERS = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").rglob("*.h"))
 BASE_FLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-function"]
 OPENMP_FLAGS = {"unix": ["-fopenmp"], "msvc": ["/openmp"]}
 
@@ -71,6 +72,7 @@ extension = Extension(
     "bnc._core",
     sources=["bnc/_core.pyx"] + C_SOURCES,
     include_dirs=["csrc/include", "csrc", np.get_include()],
+    depends=C_HEADERS + ["bnc/_cbnc.pxd"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
 )
 

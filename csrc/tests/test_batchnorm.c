@@ -549,6 +549,10 @@ int main(void)
                 run_case(shapes[si], layout, (enum dtype)t, 0.0, 1 + (si + layout) % 3);
     run_case((bnc_dims_t){50, 4, 60}, 0, F64, 1e8, 2);
     run_case((bnc_dims_t){500, 4, 1}, 0, F64, 1e8, 2);
+    /* many blocks far from zero: Chan's merge must not lose the variance */
+    run_case((bnc_dims_t){5000, 3, 1}, 0, F64, 1e8, 2);
+    run_case((bnc_dims_t){8, 16, 1024}, 0, F64, 1e8, 2);
+    run_case((bnc_dims_t){8, 16, 1024}, 0, F32, 1e4, 2);
     run_case((bnc_dims_t){50, 4, 60}, 0, F32, 1e4, 2);
     if (bnc_openmp_enabled()) {
         static const bnc_dims_t tshapes[] = {

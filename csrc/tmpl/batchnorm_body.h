@@ -31,31 +31,32 @@ typedef struct {
 
 /* ---- contiguous runs, reduced in eight fixed lanes of double ---- */
 
-static double F(run_sum)(const T *restrict x, int64_t n)
+/* Sum of x - K. */
+static double F(run_sum)(const T *restrict x, int64_t n, double K)
 {
     double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++)
-            a[l] += (double)LOAD(x[i + l]);
+            a[l] += (double)LOAD(x[i + l]) - K;
     for (int l = 0; i < n; i++, l++)
-        a[l] += (double)LOAD(x[i]);
+        a[l] += (double)LOAD(x[i]) - K;
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
-/* Sum of squared deviations from m; *dev accumulates the plain deviations. */
-static double F(run_sqdev)(const T *restrict x, int64_t n, double m, double *dev)
+/* Sum of squared deviations of x - K from m; *dev accumulates the plain ones. */
+static double F(run_sqdev)(const T *restrict x, int64_t n, double K, double m, double *dev)
 {
     double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) {
-            double v = (double)LOAD(x[i + l]) - m;
+            double v = ((double)LOAD(x[i + l]) - K) - m;
             s[l] += v;
             a[l] += v * v;
         }
     for (int l = 0; i < n; i++, l++) {
-        double v = (double)LOAD(x[i]) - m;
+        double v = ((double)LOAD(x[i]) - K) - m;
         s[l] += v;
         a[l] += v * v;
     }
@@ -114,6 +115,13 @@ static void F(set_grad_coef)(F(ctx_t) *k, int64_t c, double sdy, double sdyx, do
 
 /* ---- phase 1: per-channel moments (count, mean, M2) ---- */
 
+/* The moments are taken of x - K, K = the channel's first value, so that block
+ * means stay small and Chan's merge loses nothing to |mean| >> std. */
+static double F(shift_of)(const F(ctx_t) *k, int64_t c)
+{
+    return (double)LOAD(k->x[c * k->xs.channel]);
+}
+
 /* Slab layout: fold the blocks of chunk j of channel c into part[0..2].
  * Interleaved: chunk j of rows, every channel; part is [6][C]: n, mean, M2
  * and three rows of block scratch. Both use the corrected two-pass scheme
@@ -126,18 +134,19 @@ static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
     bnc_chunk_blocks(p, j, &b0, &b1);
     if (!p->interleaved) {
         const T *xc = k->x + c * k->xs.channel;
+        const double K = F(shift_of)(k, c);
         bnc_moments_t acc = {0, 0, 0};
         for (int64_t b = b0; b < b1; b++) {
             double s = 0, q = 0, dev = 0, n;
             bnc_moments_t blk;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             for (int64_t r = r0; r < r1; r++)
-                s += F(run_sum)(xc + r * k->xs.outer + i0, i1 - i0);
+                s += F(run_sum)(xc + r * k->xs.outer + i0, i1 - i0, K);
             n = (double)((r1 - r0) * (i1 - i0));
             blk.n = n;
             blk.mean = s / n;
             for (int64_t r = r0; r < r1; r++)
-                q += F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, blk.mean, &dev);
+                q += F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, K, blk.mean, &dev);
             /* corrected two-pass: remove the rounding error of the block mean */
             blk.m2 = q - dev * (dev / n);
             blk.mean += dev / n;
@@ -151,6 +160,7 @@ static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
         double *restrict n = part, *restrict mean = part + C, *restrict m2 = part + 2 * C;
         double *restrict bmean = part + 3 * C, *restrict bm2 = part + 4 * C;
         double *restrict bdev = part + 5 * C;
+        const T *restrict x0 = k->x; /* row 0: the shifts */
         for (int64_t b = b0; b < b1; b++) {
             double rows, fb, fab;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
@@ -160,14 +170,14 @@ static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
             for (int64_t r = r0; r < r1; r++) {
                 const T *restrict xr = k->x + r * k->xs.outer;
                 for (int64_t ch = 0; ch < C; ch++)
-                    bmean[ch] += (double)LOAD(xr[ch]);
+                    bmean[ch] += (double)LOAD(xr[ch]) - (double)LOAD(x0[ch]);
             }
             for (int64_t ch = 0; ch < C; ch++)
                 bmean[ch] /= rows;
             for (int64_t r = r0; r < r1; r++) {
                 const T *restrict xr = k->x + r * k->xs.outer;
                 for (int64_t ch = 0; ch < C; ch++) {
-                    double v = (double)LOAD(xr[ch]) - bmean[ch];
+                    double v = ((double)LOAD(xr[ch]) - (double)LOAD(x0[ch])) - bmean[ch];
                     bdev[ch] += v;
                     bm2[ch] += v * v;
                 }
@@ -211,6 +221,7 @@ static void F(finalize_moments)(void *vctx, int64_t c, const double *parts,
         acc = bnc_moments_merge(acc, m);
     }
     var = acc.m2 / acc.n;
+    acc.mean += F(shift_of)(k, c);
     if (k->mean) {
         k->mean[c] = acc.mean;
         k->var[c] = var;
