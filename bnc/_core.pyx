@@ -134,7 +134,7 @@ cdef object _param(object v, str name, int64_t C, object xdt):
     pdt = stat_dtype(xdt)
     if isinstance(v, np.ndarray):
         if v.dtype != pdt and v.dtype != xdt:
-            raise TypeError(f"{name} must have dtype {pdt} for {xdt} input, got {v.dtype}")
+            raise TypeError(f"{name} must have dtype {pdt} for {xdt} x, got {v.dtype}")
     else:
         v = np.asarray(v)
         if v.dtype.kind not in "fiu":
@@ -160,9 +160,18 @@ cdef int _axis(object channel_axis, int ndim) except -1:
                                 "channel_axis")
 
 
-def channel_index(channel_axis, ndim):
-    """channel_axis as an index in [0, ndim); AxisError naming it otherwise."""
-    return _axis(channel_axis, ndim)
+def check_input(x, channel_axis, bint training):
+    """Validate x and channel_axis: returns (x as an ndarray, C).
+
+    Raises as the kernels would: TypeError/ValueError naming x, AxisError naming
+    channel_axis, and PyTorch's error for one value per channel in training.
+    """
+    x = _as_input(x, "x")
+    C = x.shape[_axis(channel_axis, x.ndim)]
+    if training and x.size // C < 2:
+        raise ValueError("Expected more than 1 value per channel when training, "
+                         f"got input size {x.shape}")
+    return x, C
 
 
 def as_int(v, name):
@@ -447,14 +456,14 @@ def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
     cdef double e = check_eps(eps)
     cdef int64_t C = x.shape[axis]
     xdt = x.dtype
+    if training and x.size // C < 2:
+        raise ValueError("Expected more than 1 value per channel when training, "
+                         f"got input size {x.shape}")
     weight = _param(weight, "weight", C, xdt)
     bias = _param(bias, "bias", C, xdt)
     if not training:
         mean = _param(mean, "mean", C, xdt)
         var = _param(var, "var", C, xdt)
-    elif x.size // C < 2:
-        raise ValueError("Expected more than 1 value per channel when training, "
-                         f"got input size {x.shape}")
     cdef int nt = _threads(n_threads)
     if out is not None:
         _check_out(out, x, "out")

@@ -145,38 +145,42 @@ def _real(v, name) -> float:
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}") from None
 
 
-def _writable_stat(a, name, C, dtype):
+def _stat_array(a, name, C, xdtype, writable):
+    """Check a running-statistics array (written in place when `writable`)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray (updated in place), "
                         f"got {type(a).__name__}")
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {a.dtype}")
+    if xdtype is not None and a.dtype != _core.stat_dtype(xdtype):
+        raise TypeError(f"{name} must have dtype {_core.stat_dtype(xdtype)} for "
+                        f"{xdtype} x, got {a.dtype}")
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
     if C is not None and a.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},), one value per channel, "
                          f"got {a.shape}")
-    if not a.flags.writeable:
+    if writable and not a.flags.writeable:
         raise ValueError(f"{name} is read-only")
 
 
 def _check_running(running_mean, running_var, momentum, decay, correction,
-                   num_batches_tracked, C, dtype):
-    """Validate a running-statistics update; returns the resolved momentum."""
+                   num_batches_tracked, C, xdtype, writable=True):
+    """Validate a running-statistics update; returns (momentum or None, correction)."""
     m = _momentum(momentum, decay)
-    _writable_stat(running_mean, "running_mean", C, dtype)
-    _writable_stat(running_var, "running_var", C, dtype)
-    if np.shares_memory(running_mean, running_var):
+    _stat_array(running_mean, "running_mean", C, xdtype, writable)
+    _stat_array(running_var, "running_var", C, xdtype, writable)
+    if writable and np.shares_memory(running_mean, running_var):
         raise ValueError("running_mean and running_var must not overlap")
     corr = _core.as_int(correction, "correction")
     if corr < 0:
         raise ValueError(f"correction must be >= 0, got {correction!r}")
     if num_batches_tracked is not None:
         t = num_batches_tracked
-        if not isinstance(t, np.ndarray) or t.shape != () or t.dtype.kind not in "iu":
+        if not isinstance(t, np.ndarray) or t.dtype.kind not in "iu":
             raise TypeError("num_batches_tracked must be a 0-d integer numpy array "
                             "(e.g. np.array(0, dtype=np.int64)), updated in place")
-        if not t.flags.writeable:
+        if t.shape != ():
+            raise ValueError(f"num_batches_tracked must be 0-d, got shape {t.shape}")
+        if writable and not t.flags.writeable:
             raise ValueError("num_batches_tracked is read-only")
     elif m is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
@@ -276,13 +280,11 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     have = (running_mean is not None, running_var is not None)
     if have[0] != have[1]:
         raise ValueError("running_mean and running_var must be given together")
-    xa = np.asarray(x)
-    sdt = _core.stat_dtype(xa.dtype) if xa.dtype.kind == "f" else None
+    xa, C = _core.check_input(x, channel_axis, training)
     if have[0]:
-        C = xa.shape[_core.channel_index(channel_axis, xa.ndim)] if xa.ndim >= 2 else None
         m, corr = _check_running(running_mean, running_var, momentum, decay, correction,
-                                 num_batches_tracked, C, sdt)
-        if training and C:
+                                 num_batches_tracked, C, xa.dtype, writable=training)
+        if training:
             _check_count(xa.size // C, corr)
     else:
         m = _momentum(momentum, decay)
