@@ -20,7 +20,7 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 C_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c"))
 C_HEADERS = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").rglob("*.h"))
-BASE_FLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-function"]
+BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-function"]
 OPENMP_FLAGS = {"unix": ["-fopenmp"], "msvc": ["/openmp"]}
 
 _PROBE = textwrap.dedent("""

@@ -18,6 +18,28 @@
 #define BNC_PIECES 64           /* aim for at least this many work items */
 #define BNC_SERIAL_BELOW 32768  /* fewer elements than this: no parallel region */
 
+/* Hot loops are compiled for several vector ISAs and picked at load time
+ * (GCC's target_clones on x86-64 Linux). The loops fix their summation order
+ * in the source (explicit lanes) and the build forbids contraction into FMA
+ * (-ffp-contract=off), so every variant computes the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    defined(__linux__) && !defined(BNC_NO_CLONES)
+#define BNC_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BNC_HOT
+#endif
+
+/* Lanes of the contiguous reductions, and their fixed pairwise fold. */
+#define BNC_LANES 32
+
+static inline double bnc_lanes_sum(double *a)
+{
+    for (int w = BNC_LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++)
+            a[l] += a[l + w];
+    return a[0];
+}
+
 /* ---- float16 <-> float32, round to nearest even ---- */
 
 static inline float bnc_half_to_float(bnc_f16_t h)

@@ -311,7 +311,9 @@ def test_large_mean_offset(dtype, offset, shape, channel_axis):
     x = (signs * offset + rng.standard_normal(shape)).astype(dtype)
     mean_ref, var_ref, _ = ref.batch_norm_stats(f64(x), channel_axis=channel_axis)
     assert np.all(var_ref > 0.1)
-    vtol = 1e-10 if dtype == np.float64 else 1e-5
+    # DESIGN.md: exact to a few ulps at 1e6 in float64 -> the general 1e-12;
+    # at 1e8 still right to 1e-10 (a shifted/blocked scheme gets ~1e-15).
+    vtol = {1e6: 1e-12, 1e8: 1e-10}[offset] if dtype == np.float64 else 1e-5
 
     mean, var, _ = bnc.batch_norm_stats(x, channel_axis=channel_axis)
     assert_close(mean, mean_ref, 1e-12 if dtype == np.float64 else 1e-7, "mean")
@@ -673,6 +675,8 @@ def test_property_matches_reference(case, training):
 @given(bn_cases(), st.booleans())
 def test_property_forward_backward(case, frozen):
     shape, channel_axis, dtype, layout, _ = case
+    if not frozen:  # batch statistics of one value per channel: not specified
+        assume(per_channel_count(shape, channel_axis) > 1)
     base, x, (w, b, rm, rv), rng = _hdata(case)
     g = as_layout(make_x(shape, dtype, rng), layout, channel_axis)
     mean, var = (rm, rv) if frozen else (None, None)

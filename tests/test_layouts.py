@@ -245,24 +245,15 @@ def test_inplace_inference(layout, shape, channel_axis, dtype):
     base, (w, b, rm, rv), _ = _data(shape, channel_axis, dtype, "inplace")
     x = as_layout(base, layout, channel_axis)
     y_ref = ref_eval(base, w, b, rm, rv, channel_axis=channel_axis)
-    whole = None if x.base is None else np.array(x.base, copy=True)
+    # as_layout fills the gaps of the underlying buffer with NaN
+    owner = x.base if x.base is not None and x.base.dtype == x.dtype else None
+    gaps = 0 if owner is None else owner.size - x.size
+    assert owner is None or np.isnan(owner).sum() == gaps
     res = bnc.batch_norm(x, w, b, rm, rv, channel_axis=channel_axis, out=x)
     assert res is x
     assert_close(x, y_ref, tol(dtype), "in-place result")
-    if whole is not None and x.base.shape == whole.shape:
-        # nothing outside the view was written
-        view_mask = np.zeros(whole.shape, bool)
-        probe = np.zeros(whole.shape, np.int8)
-        probe_view = probe.view(np.int8)
-        del probe_view
-        # rebuild the same view on a boolean buffer with the same strides
-        itemsize = x.base.itemsize
-        mask_view = np.lib.stride_tricks.as_strided(
-            view_mask.reshape(-1)[(x.__array_interface__["data"][0]
-                                   - x.base.__array_interface__["data"][0]) // itemsize:],
-            shape=x.shape, strides=tuple(s // itemsize for s in x.strides))
-        mask_view[...] = True
-        assert np.array_equal(x.base[~view_mask], whole[~view_mask], equal_nan=True)
+    if owner is not None:
+        assert np.isnan(owner).sum() == gaps, "wrote outside the view x"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -333,8 +324,8 @@ def test_strided_parameters_and_running_stats(dtype):
     assert_close(y, y_ref, tol(dtype))
     assert_close(rms, rm_ref, stat_tol(dtype), "running_mean (updated through the view)")
     assert_close(rvs, rv_ref, stat_tol(dtype), "running_var (updated through the view)")
-    assert np.all(rm_buf[1::2][::-1] == SENTINEL) or np.all(rm_buf[0::2] == SENTINEL)
-    assert np.sum(rm_buf == SENTINEL) == rm.size and np.sum(rv_buf == SENTINEL) == rv.size
+    # buf[::-2] uses the odd indices: the even ones are gaps
+    assert np.all(rm_buf[0::2] == SENTINEL) and np.all(rv_buf[0::2] == SENTINEL)
     y = bnc.batch_norm(base, ws, bs, rms, rvs)
     assert_close(y, ref_eval(base, w, b, rms, rvs), tol(dtype))
     mean, var, count = bnc.batch_norm_stats(base)

@@ -29,64 +29,53 @@ typedef struct {
     P *cm, *cl, *ca, *cb, *cg;     /* per-channel coefficients, see the apply passes */
 } F(ctx_t);
 
-/* ---- contiguous runs, reduced in eight fixed lanes of double ---- */
+/* ---- contiguous runs, reduced in BNC_LANES fixed lanes of double ----
+ * Each loop keeps a single accumulator array: GCC vectorizes that form (two
+ * accumulators in one loop stay scalar). The lanes fix the summation order
+ * whatever the vector width, and are many enough to hide the add latency. */
 
 /* Sum of x - K. */
-static double F(run_sum)(const T *restrict x, int64_t n, double K)
+static inline double F(run_sum)(const T *restrict x, int64_t n, double K)
 {
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double a[BNC_LANES] = {0};
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++)
+    for (; i + BNC_LANES <= n; i += BNC_LANES)
+        for (int l = 0; l < BNC_LANES; l++)
             a[l] += (double)LOAD(x[i + l]) - K;
     for (int l = 0; i < n; i++, l++)
         a[l] += (double)LOAD(x[i]) - K;
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    return bnc_lanes_sum(a);
 }
 
-/* Sum of squared deviations of x - K from m; *dev accumulates the plain ones. */
-static double F(run_sqdev)(const T *restrict x, int64_t n, double K, double m, double *dev)
+/* Sum of squares of x - m. */
+static inline double F(run_sqdev)(const T *restrict x, int64_t n, double m)
 {
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double a[BNC_LANES] = {0};
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) {
-            double v = ((double)LOAD(x[i + l]) - K) - m;
-            s[l] += v;
+    for (; i + BNC_LANES <= n; i += BNC_LANES)
+        for (int l = 0; l < BNC_LANES; l++) {
+            double v = (double)LOAD(x[i + l]) - m;
             a[l] += v * v;
         }
     for (int l = 0; i < n; i++, l++) {
-        double v = ((double)LOAD(x[i]) - K) - m;
-        s[l] += v;
+        double v = (double)LOAD(x[i]) - m;
         a[l] += v * v;
     }
-    *dev += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    return bnc_lanes_sum(a);
 }
 
-/* sum(dy) into *sdy and sum(dy * (x - m)) into *sdyx; with k != NULL also
- * writes dx = dy * k (backward with constant statistics). */
-static void F(run_grad)(const T *restrict dy, const T *restrict x, T *restrict dx,
-                        int64_t n, double m, P k, double *sdy, double *sdyx)
+/* Sum of dy * (x - m). */
+static inline double F(run_dot)(const T *restrict dy, const T *restrict x, int64_t n,
+                                double m)
 {
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double a[BNC_LANES] = {0};
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) {
-            double g = (double)LOAD(dy[i + l]);
-            a[l] += g;
-            b[l] += g * ((double)LOAD(x[i + l]) - m);
-        }
-    for (int l = 0; i < n; i++, l++) {
-        double g = (double)LOAD(dy[i]);
-        a[l] += g;
-        b[l] += g * ((double)LOAD(x[i]) - m);
-    }
-    if (dx)
-        for (i = 0; i < n; i++)
-            dx[i] = STORE(LOAD(dy[i]) * k);
-    *sdy += ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    *sdyx += ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+    for (; i + BNC_LANES <= n; i += BNC_LANES)
+        for (int l = 0; l < BNC_LANES; l++)
+            a[l] += (double)LOAD(dy[i + l]) * ((double)LOAD(x[i + l]) - m);
+    for (int l = 0; i < n; i++, l++)
+        a[l] += (double)LOAD(dy[i]) * ((double)LOAD(x[i]) - m);
+    return bnc_lanes_sum(a);
 }
 
 /* ---- per-channel coefficients of the elementwise passes ---- */
@@ -123,10 +112,10 @@ static double F(shift_of)(const F(ctx_t) *k, int64_t c)
 }
 
 /* Slab layout: fold the blocks of chunk j of channel c into part[0..2].
- * Interleaved: chunk j of rows, every channel; part is [6][C]: n, mean, M2
- * and three rows of block scratch. Both use the corrected two-pass scheme
- * per block: mean, then squared and plain deviations from it. */
-static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
+ * Interleaved: chunk j of rows, every channel; part is [5][C]: n, mean, M2
+ * and two rows of block scratch. Both reduce a block two-pass while it is in
+ * cache (mean, then squared deviations from it) and merge blocks with Chan. */
+BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
 {
     const F(ctx_t) *k = vctx;
     const bnc_plan_t *p = &k->plan;
@@ -137,19 +126,17 @@ static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
         const double K = F(shift_of)(k, c);
         bnc_moments_t acc = {0, 0, 0};
         for (int64_t b = b0; b < b1; b++) {
-            double s = 0, q = 0, dev = 0, n;
+            double s = 0, q = 0;
             bnc_moments_t blk;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             for (int64_t r = r0; r < r1; r++)
                 s += F(run_sum)(xc + r * k->xs.outer + i0, i1 - i0, K);
-            n = (double)((r1 - r0) * (i1 - i0));
-            blk.n = n;
-            blk.mean = s / n;
+            blk.n = (double)((r1 - r0) * (i1 - i0));
+            blk.mean = s / blk.n;
+            /* deviations from K + mean: its rounding changes M2 by n * ulp(K)^2 */
             for (int64_t r = r0; r < r1; r++)
-                q += F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, K, blk.mean, &dev);
-            /* corrected two-pass: remove the rounding error of the block mean */
-            blk.m2 = q - dev * (dev / n);
-            blk.mean += dev / n;
+                q += F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, K + blk.mean);
+            blk.m2 = q;
             acc = bnc_moments_merge(acc, blk);
         }
         part[0] = acc.n;
@@ -159,14 +146,13 @@ static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
         const int64_t C = p->channels;
         double *restrict n = part, *restrict mean = part + C, *restrict m2 = part + 2 * C;
         double *restrict bmean = part + 3 * C, *restrict bm2 = part + 4 * C;
-        double *restrict bdev = part + 5 * C;
         const T *restrict x0 = k->x; /* row 0: the shifts */
         for (int64_t b = b0; b < b1; b++) {
             double rows, fb, fab;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             rows = (double)(r1 - r0);
             for (int64_t ch = 0; ch < C; ch++)
-                bmean[ch] = bm2[ch] = bdev[ch] = 0;
+                bmean[ch] = bm2[ch] = 0;
             for (int64_t r = r0; r < r1; r++) {
                 const T *restrict xr = k->x + r * k->xs.outer;
                 for (int64_t ch = 0; ch < C; ch++)
@@ -178,13 +164,8 @@ static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
                 const T *restrict xr = k->x + r * k->xs.outer;
                 for (int64_t ch = 0; ch < C; ch++) {
                     double v = ((double)LOAD(xr[ch]) - (double)LOAD(x0[ch])) - bmean[ch];
-                    bdev[ch] += v;
                     bm2[ch] += v * v;
                 }
-            }
-            for (int64_t ch = 0; ch < C; ch++) {
-                bm2[ch] -= bdev[ch] * (bdev[ch] / rows);
-                bmean[ch] += bdev[ch] / rows;
             }
             if (b == b0) {
                 for (int64_t ch = 0; ch < C; ch++) {
@@ -242,7 +223,7 @@ static void F(finalize_moments)(void *vctx, int64_t c, const double *parts,
 
 /* Slab: part[0..1] for (c, j). Interleaved: part is [2][C].
  * With write_in_reduce, dx = dy * ca is written in the same pass. */
-static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *part)
+BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *part)
 {
     const F(ctx_t) *k = vctx;
     const bnc_plan_t *p = &k->plan;
@@ -255,10 +236,16 @@ static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *part)
         P scale = k->write_in_reduce ? k->ca[c] : (P)0;
         for (int64_t b = b0; b < b1; b++) {
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
-            for (int64_t r = r0; r < r1; r++)
-                F(run_grad)(dyc + r * k->dys.outer + i0, xc + r * k->xs.outer + i0,
-                            dxc ? dxc + r * k->os.outer + i0 : NULL, i1 - i0, m, scale,
-                            &sdy, &sdyx);
+            for (int64_t r = r0; r < r1; r++) {
+                const T *dyr = dyc + r * k->dys.outer + i0, *xr = xc + r * k->xs.outer + i0;
+                sdy += F(run_sum)(dyr, i1 - i0, 0.0);
+                sdyx += F(run_dot)(dyr, xr, i1 - i0, m);
+                if (dxc) {
+                    T *dxr = dxc + r * k->os.outer + i0;
+                    for (int64_t i = 0; i < i1 - i0; i++)
+                        dxr[i] = STORE(LOAD(dyr[i]) * scale);
+                }
+            }
         }
         part[0] = sdy;
         part[1] = sdyx;
@@ -313,7 +300,7 @@ static void F(finalize_grad)(void *vctx, int64_t c, const double *parts, int64_t
 /* ---- phase 3: the elementwise passes ---- */
 
 /* Forward: y = ((x - cm) - cl) * ca + cb. */
-static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
+BNC_HOT static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
 {
     const F(ctx_t) *k = vctx;
     const bnc_plan_t *p = &k->plan;
@@ -352,7 +339,7 @@ static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
 }
 
 /* Backward through batch statistics: dx = ((dy - ca) - (x - cm) * cg) * cb. */
-static void F(apply_grad)(void *vctx, int64_t c, int64_t j)
+BNC_HOT static void F(apply_grad)(void *vctx, int64_t c, int64_t j)
 {
     const F(ctx_t) *k = vctx;
     const bnc_plan_t *p = &k->plan;
@@ -435,7 +422,7 @@ int F(bnc_batchnorm_stats)(bnc_dims_t d, const T *x, bnc_strides_t xs, double *m
     k.xs = xs;
     k.mean = mean;
     k.var = var;
-    return F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), NULL, n_threads);
+    return F(sweep)(&k, 3, 5, F(reduce_moments), F(finalize_moments), NULL, n_threads);
 }
 
 int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
@@ -464,7 +451,7 @@ int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.save_var = save_var;
     if ((st = F(coef_alloc)(&k, 4)))
         return st;
-    st = F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), F(apply_norm),
+    st = F(sweep)(&k, 3, 5, F(reduce_moments), F(finalize_moments), F(apply_norm),
                   n_threads);
     free(k.ca);
     return st;
