@@ -14,7 +14,7 @@
 /* Work partition. These depend on nothing but the shape, so every thread
  * count reduces the same blocks in the same order (bit-identical results). */
 #define BNC_BLOCK 4096          /* elements reduced two-pass while in L1 */
-#define BNC_MIN_ROWS 8          /* rows per block in the interleaved layout */
+#define BNC_MIN_ROWS 16         /* rows per block in the interleaved layout */
 #define BNC_PIECES 64           /* aim for at least this many work items */
 #define BNC_SERIAL_BELOW 32768  /* fewer elements than this: no parallel region */
 
@@ -150,21 +150,28 @@ void bnc_plan_make(bnc_plan_t *p, bnc_dims_t d, int interleaved);
 /* ---- the parallel sweep every kernel is built on ---- *
  * A kernel is up to three phases over the plan's work items:
  *   reduce(item) -> partial results (`width` doubles per channel and chunk),
- *   finalize(channel): fold that channel's partials in chunk order,
+ *   finalize(channels c0..c1-1): fold their partials in chunk order,
  *   apply(item): the elementwise pass.
  * Slab layout: an item is (channel, chunk). Interleaved layout: an item is a
- * chunk of rows covering every channel. Partial w of chunk j for channel c is
- * parts[j * chunk_stride + w * field_stride] with parts already offset to c.
- * When there are enough channels, each thread takes whole channels and runs
- * reduce, finalize and apply on one channel back to back (its slab is still
- * in cache); otherwise the phases run one after the other over all items.
- * Both orders compute identical bits. */
+ * chunk of rows covering every channel. When there are enough channels, each
+ * thread takes whole channels and runs reduce, finalize and apply on one
+ * channel back to back (its slab is still in cache); otherwise the phases run
+ * one after the other over all items, finalize over ranges of at most
+ * BNC_FINAL_CHANNELS channels. Both orders compute identical bits: every
+ * channel's partials are folded the same way whatever range it is in. */
+#define BNC_FINAL_CHANNELS 64
+
+/* Partial w of chunk j of channel c is at base[c*channel + j*chunk + w*field]. */
+typedef struct bnc_parts {
+    const double *base;
+    int64_t channel, chunk, field;
+} bnc_parts_t;
+
 typedef struct bnc_sweep {
     const bnc_plan_t *plan;
     int width; /* doubles per partial; 0: no reduce phase */
     void (*reduce)(void *ctx, int64_t c, int64_t j, double *part);
-    void (*finalize)(void *ctx, int64_t c, const double *parts,
-                     int64_t chunk_stride, int64_t field_stride);
+    void (*finalize)(void *ctx, int64_t c0, int64_t c1, bnc_parts_t parts);
     void (*apply)(void *ctx, int64_t c, int64_t j); /* may be NULL */
     void *ctx;
 } bnc_sweep_t;

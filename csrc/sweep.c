@@ -69,15 +69,15 @@ int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
             return BNC_ERR_NOMEM;
     }
 
+    bnc_parts_t pv = {parts, p->interleaved ? 1 : k * slot, slot, p->interleaved ? C : 1};
     if (!p->interleaved && (nt == 1 || C >= 4 * (int64_t)nt || C % nt == 0)) {
         /* whole channels per thread: reduce, finalize, apply back to back */
         BNC_OMP(parallel for schedule(static) num_threads(nt) if (nt > 1))
         for (int64_t c = 0; c < C; c++) {
-            double *pc = parts ? parts + c * k * slot : NULL;
             if (s->width > 0) {
                 for (int64_t j = 0; j < k; j++)
-                    s->reduce(s->ctx, c, j, pc + j * slot);
-                s->finalize(s->ctx, c, pc, slot, 1);
+                    s->reduce(s->ctx, c, j, parts + c * k * slot + j * slot);
+                s->finalize(s->ctx, c, c + 1, pv);
             }
             if (s->apply)
                 for (int64_t j = 0; j < k; j++)
@@ -86,8 +86,7 @@ int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
     } else {
         /* one phase after the other over all items; the same static schedule
          * in both item loops gives a thread back the data it just read */
-        const int64_t fstride = p->interleaved ? C : 1;
-        const int64_t cstride = p->interleaved ? 1 : k * slot;
+        const int64_t ranges = (C + BNC_FINAL_CHANNELS - 1) / BNC_FINAL_CHANNELS;
         BNC_OMP(parallel num_threads(nt) if (nt > 1))
         {
             if (s->width > 0) {
@@ -96,8 +95,10 @@ int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
                     s->reduce(s->ctx, p->interleaved ? -1 : it / k,
                               p->interleaved ? it : it % k, parts + it * slot);
                 BNC_OMP(for schedule(static))
-                for (int64_t c = 0; c < C; c++)
-                    s->finalize(s->ctx, c, parts + c * cstride, slot, fstride);
+                for (int64_t r = 0; r < ranges; r++) {
+                    int64_t c0 = r * BNC_FINAL_CHANNELS;
+                    s->finalize(s->ctx, c0, c0 + BNC_FINAL_CHANNELS < C ? c0 + BNC_FINAL_CHANNELS : C, pv);
+                }
             }
             if (s->apply) {
                 BNC_OMP(for schedule(static))

@@ -112,8 +112,8 @@ static double F(shift_of)(const F(ctx_t) *k, int64_t c)
 }
 
 /* Slab layout: fold the blocks of chunk j of channel c into part[0..2].
- * Interleaved: chunk j of rows, every channel; part is [5][C]: n, mean, M2
- * and two rows of block scratch. Both reduce a block two-pass while it is in
+ * Interleaved: chunk j of rows, every channel; part is [6][C]: n, mean, M2
+ * and three rows of scratch (block mean and M2, shifts). Both reduce a block two-pass while it is in
  * cache (mean, then squared deviations from it) and merge blocks with Chan. */
 BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
 {
@@ -146,24 +146,46 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
         const int64_t C = p->channels;
         double *restrict n = part, *restrict mean = part + C, *restrict m2 = part + 2 * C;
         double *restrict bmean = part + 3 * C, *restrict bm2 = part + 4 * C;
-        const T *restrict x0 = k->x; /* row 0: the shifts */
+        double *restrict kd = part + 5 * C;
+        const int64_t so = k->xs.outer;
+        for (int64_t ch = 0; ch < C; ch++)
+            kd[ch] = (double)LOAD(k->x[ch]); /* the shifts: row 0 */
         for (int64_t b = b0; b < b1; b++) {
             double rows, fb, fab;
+            int64_t r;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             rows = (double)(r1 - r0);
             for (int64_t ch = 0; ch < C; ch++)
                 bmean[ch] = bm2[ch] = 0;
-            for (int64_t r = r0; r < r1; r++) {
-                const T *restrict xr = k->x + r * k->xs.outer;
+            /* rows four at a time: a quarter of the accumulator traffic */
+            for (r = r0; r + 4 <= r1; r += 4) {
+                const T *restrict x0 = k->x + r * so, *restrict x1 = x0 + so;
+                const T *restrict x2 = x1 + so, *restrict x3 = x2 + so;
                 for (int64_t ch = 0; ch < C; ch++)
-                    bmean[ch] += (double)LOAD(xr[ch]) - (double)LOAD(x0[ch]);
+                    bmean[ch] += (((double)LOAD(x0[ch]) - kd[ch]) + ((double)LOAD(x1[ch]) - kd[ch])) +
+                                 (((double)LOAD(x2[ch]) - kd[ch]) + ((double)LOAD(x3[ch]) - kd[ch]));
+            }
+            for (; r < r1; r++) {
+                const T *restrict xr = k->x + r * so;
+                for (int64_t ch = 0; ch < C; ch++)
+                    bmean[ch] += (double)LOAD(xr[ch]) - kd[ch];
             }
             for (int64_t ch = 0; ch < C; ch++)
                 bmean[ch] /= rows;
-            for (int64_t r = r0; r < r1; r++) {
-                const T *restrict xr = k->x + r * k->xs.outer;
+            for (r = r0; r + 4 <= r1; r += 4) {
+                const T *restrict x0 = k->x + r * so, *restrict x1 = x0 + so;
+                const T *restrict x2 = x1 + so, *restrict x3 = x2 + so;
                 for (int64_t ch = 0; ch < C; ch++) {
-                    double v = ((double)LOAD(xr[ch]) - (double)LOAD(x0[ch])) - bmean[ch];
+                    double m = kd[ch] + bmean[ch];
+                    double v0 = (double)LOAD(x0[ch]) - m, v1 = (double)LOAD(x1[ch]) - m;
+                    double v2 = (double)LOAD(x2[ch]) - m, v3 = (double)LOAD(x3[ch]) - m;
+                    bm2[ch] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
+                }
+            }
+            for (; r < r1; r++) {
+                const T *restrict xr = k->x + r * so;
+                for (int64_t ch = 0; ch < C; ch++) {
+                    double v = (double)LOAD(xr[ch]) - (kd[ch] + bmean[ch]);
                     bm2[ch] += v * v;
                 }
             }
@@ -189,39 +211,60 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
     (void)c;
 }
 
-/* Fold channel c's chunk moments in order; store statistics and, for the
- * training forward, the coefficients of the normalizing pass. */
-static void F(finalize_moments)(void *vctx, int64_t c, const double *parts,
-                                int64_t cs, int64_t fs)
+/* Fold the chunk moments of channels c0..c1-1 in chunk order (every channel
+ * has the same counts, so Chan's factors are computed once per chunk); store
+ * the statistics and, for the training forward, the normalizing coefficients. */
+static void F(finalize_moments)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t p)
 {
     F(ctx_t) *k = vctx;
-    bnc_moments_t acc = {0, 0, 0};
-    double var, invstd;
+    const int64_t nc = c1 - c0;
+    double mean[BNC_FINAL_CHANNELS], m2[BNC_FINAL_CHANNELS], n = 0;
+    const double *base = p.base + c0 * p.channel;
     for (int64_t j = 0; j < k->plan.nchunks; j++) {
-        bnc_moments_t m = {parts[j * cs], parts[j * cs + fs], parts[j * cs + 2 * fs]};
-        acc = bnc_moments_merge(acc, m);
+        const double *pj = base + j * p.chunk;
+        double nj = pj[0], fb, fab;
+        if (nj == 0)
+            continue;
+        if (n == 0) {
+            for (int64_t c = 0; c < nc; c++) {
+                mean[c] = pj[c * p.channel + p.field];
+                m2[c] = pj[c * p.channel + 2 * p.field];
+            }
+            n = nj;
+            continue;
+        }
+        fb = nj / (n + nj);
+        fab = n * nj / (n + nj);
+        for (int64_t c = 0; c < nc; c++) {
+            double delta = pj[c * p.channel + p.field] - mean[c];
+            mean[c] += delta * fb;
+            m2[c] = m2[c] + pj[c * p.channel + 2 * p.field] + delta * delta * fab;
+        }
+        n += nj;
     }
-    var = acc.m2 / acc.n;
-    acc.mean += F(shift_of)(k, c);
-    if (k->mean) {
-        k->mean[c] = acc.mean;
-        k->var[c] = var;
+    for (int64_t c = 0; c < nc; c++) {
+        int64_t ch = c0 + c;
+        double var = m2[c] / n, mu = mean[c] + F(shift_of)(k, ch), invstd;
+        if (k->mean) {
+            k->mean[ch] = mu;
+            k->var[ch] = var;
+        }
+        if (!k->cm)
+            continue;
+        invstd = 1.0 / sqrt(var + k->eps);
+        F(set_norm_coef)(k, ch, mu, invstd);
+        if (k->save_mean)
+            k->save_mean[ch] = (P)mu;
+        if (k->save_invstd)
+            k->save_invstd[ch] = (P)invstd;
+        if (k->save_var)
+            k->save_var[ch] = (P)var;
     }
-    if (!k->cm)
-        return;
-    invstd = 1.0 / sqrt(var + k->eps);
-    F(set_norm_coef)(k, c, acc.mean, invstd);
-    if (k->save_mean)
-        k->save_mean[c] = (P)acc.mean;
-    if (k->save_invstd)
-        k->save_invstd[c] = (P)invstd;
-    if (k->save_var)
-        k->save_var[c] = (P)var;
 }
 
 /* ---- phase 1 of the backward: sum(dy), sum(dy * (x - mean)) ---- */
 
-/* Slab: part[0..1] for (c, j). Interleaved: part is [2][C].
+/* Slab: part[0..1] for (c, j). Interleaved: part is [3][C] (sums, mean).
  * With write_in_reduce, dx = dy * ca is written in the same pass. */
 BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *part)
 {
@@ -251,50 +294,76 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
         part[1] = sdyx;
     } else {
         const int64_t C = p->channels;
-        double *restrict sdy = part, *restrict sdyx = part + C;
-        for (int64_t ch = 0; ch < C; ch++)
+        double *restrict sdy = part, *restrict sdyx = part + C, *restrict md = part + 2 * C;
+        const int64_t xo = k->xs.outer, go = k->dys.outer;
+        int64_t r;
+        for (int64_t ch = 0; ch < C; ch++) {
             sdy[ch] = sdyx[ch] = 0;
+            md[ch] = (double)k->mean_in[ch];
+        }
         r0 = b0 * p->rows;
         r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
-        for (int64_t r = r0; r < r1; r++) {
-            const T *restrict xr = k->x + r * k->xs.outer;
-            const T *restrict dyr = k->dy + r * k->dys.outer;
+        for (r = r0; r + 4 <= r1; r += 4) { /* rows four at a time */
+            const T *restrict x0 = k->x + r * xo, *restrict g0 = k->dy + r * go;
+            const T *restrict x1 = x0 + xo, *restrict g1 = g0 + go;
+            const T *restrict x2 = x1 + xo, *restrict g2 = g1 + go;
+            const T *restrict x3 = x2 + xo, *restrict g3 = g2 + go;
+            for (int64_t ch = 0; ch < C; ch++) {
+                double d0 = (double)LOAD(g0[ch]), d1 = (double)LOAD(g1[ch]);
+                double d2 = (double)LOAD(g2[ch]), d3 = (double)LOAD(g3[ch]);
+                sdy[ch] += (d0 + d1) + (d2 + d3);
+                sdyx[ch] += (d0 * ((double)LOAD(x0[ch]) - md[ch]) + d1 * ((double)LOAD(x1[ch]) - md[ch])) +
+                            (d2 * ((double)LOAD(x2[ch]) - md[ch]) + d3 * ((double)LOAD(x3[ch]) - md[ch]));
+            }
+        }
+        for (; r < r1; r++) {
+            const T *restrict xr = k->x + r * xo, *restrict dyr = k->dy + r * go;
             for (int64_t ch = 0; ch < C; ch++) {
                 double g = (double)LOAD(dyr[ch]);
                 sdy[ch] += g;
-                sdyx[ch] += g * ((double)LOAD(xr[ch]) - (double)k->mean_in[ch]);
+                sdyx[ch] += g * ((double)LOAD(xr[ch]) - md[ch]);
             }
-            if (k->write_in_reduce) {
-                T *dxr = k->out + r * k->os.outer;
+        }
+        if (k->write_in_reduce)
+            for (r = r0; r < r1; r++) {
+                const T *restrict dyr = k->dy + r * go;
+                T *restrict dxr = k->out + r * k->os.outer;
                 for (int64_t ch = 0; ch < C; ch++)
                     dxr[ch * k->os.channel] = STORE(LOAD(dyr[ch]) * k->ca[ch]);
             }
-        }
     }
 }
 
-/* Fold channel c's sums; store them (reduce kernel), the parameter grads,
- * and the coefficients of the elementwise backward pass (training). */
-static void F(finalize_grad)(void *vctx, int64_t c, const double *parts, int64_t cs,
-                             int64_t fs)
+/* Fold the sums of channels c0..c1-1 in chunk order; store them (reduce
+ * kernel), the parameter grads, and the coefficients of the elementwise
+ * backward pass (training). */
+static void F(finalize_grad)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t p)
 {
     F(ctx_t) *k = vctx;
-    double sdy = 0, sdyx = 0, invstd = (double)k->invstd_in[c];
+    const int64_t nc = c1 - c0;
+    double sdy[BNC_FINAL_CHANNELS] = {0}, sdyx[BNC_FINAL_CHANNELS] = {0};
+    const double *base = p.base + c0 * p.channel;
     for (int64_t j = 0; j < k->plan.nchunks; j++) {
-        sdy += parts[j * cs];
-        sdyx += parts[j * cs + fs];
+        const double *pj = base + j * p.chunk;
+        for (int64_t c = 0; c < nc; c++) {
+            sdy[c] += pj[c * p.channel];
+            sdyx[c] += pj[c * p.channel + p.field];
+        }
     }
-    sdyx *= invstd; /* sum(dy * xhat) */
-    if (k->sum_dy) {
-        k->sum_dy[c] = sdy;
-        k->sum_dy_xhat[c] = sdyx;
+    for (int64_t c = 0; c < nc; c++) {
+        int64_t ch = c0 + c;
+        double sx = sdyx[c] * (double)k->invstd_in[ch]; /* sum(dy * xhat) */
+        if (k->sum_dy) {
+            k->sum_dy[ch] = sdy[c];
+            k->sum_dy_xhat[ch] = sx;
+        }
+        if (k->dweight)
+            k->dweight[ch] = (P)sx;
+        if (k->dbias)
+            k->dbias[ch] = (P)sdy[c];
+        if (k->cg)
+            F(set_grad_coef)(k, ch, sdy[c], sx, (double)(k->plan.outer * k->plan.inner));
     }
-    if (k->dweight)
-        k->dweight[c] = (P)sdyx;
-    if (k->dbias)
-        k->dbias[c] = (P)sdy;
-    if (k->cg)
-        F(set_grad_coef)(k, c, sdy, sdyx, (double)(k->plan.outer * k->plan.inner));
 }
 
 /* ---- phase 3: the elementwise passes ---- */
@@ -395,7 +464,7 @@ static int F(coef_alloc)(F(ctx_t) *k, int n)
 
 static int F(sweep)(F(ctx_t) *k, int width_slab, int width_rows,
                     void (*reduce)(void *, int64_t, int64_t, double *),
-                    void (*finalize)(void *, int64_t, const double *, int64_t, int64_t),
+                    void (*finalize)(void *, int64_t, int64_t, bnc_parts_t),
                     void (*apply)(void *, int64_t, int64_t), int n_threads)
 {
     bnc_sweep_t s;
@@ -422,7 +491,7 @@ int F(bnc_batchnorm_stats)(bnc_dims_t d, const T *x, bnc_strides_t xs, double *m
     k.xs = xs;
     k.mean = mean;
     k.var = var;
-    return F(sweep)(&k, 3, 5, F(reduce_moments), F(finalize_moments), NULL, n_threads);
+    return F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), NULL, n_threads);
 }
 
 int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
@@ -451,7 +520,7 @@ int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.save_var = save_var;
     if ((st = F(coef_alloc)(&k, 4)))
         return st;
-    st = F(sweep)(&k, 3, 5, F(reduce_moments), F(finalize_moments), F(apply_norm),
+    st = F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), F(apply_norm),
                   n_threads);
     free(k.ca);
     return st;
@@ -522,7 +591,7 @@ int F(bnc_batchnorm_bwd_train)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.dbias = dbias;
     if (dx && (st = F(coef_alloc)(&k, 5)))
         return st;
-    st = F(sweep)(&k, 2, 2, F(reduce_grad), F(finalize_grad), dx ? F(apply_grad) : NULL,
+    st = F(sweep)(&k, 2, 3, F(reduce_grad), F(finalize_grad), dx ? F(apply_grad) : NULL,
                   n_threads);
     free(k.ca);
     return st;
@@ -548,7 +617,7 @@ int F(bnc_batchnorm_bwd_eval)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
         for (int64_t c = 0; c < d.channels; c++)
             k.ca[c] = (P)((weight ? (double)weight[c] : 1.0) * (double)invstd[c]);
     }
-    st = F(sweep)(&k, 2, 2, F(reduce_grad), F(finalize_grad), NULL, n_threads);
+    st = F(sweep)(&k, 2, 3, F(reduce_grad), F(finalize_grad), NULL, n_threads);
     free(k.ca);
     return st;
 }
@@ -566,7 +635,7 @@ int F(bnc_batchnorm_bwd_reduce)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
         return BNC_ERR_NULL;
     k.sum_dy = sum_dy;
     k.sum_dy_xhat = sum_dy_xhat;
-    return F(sweep)(&k, 2, 2, F(reduce_grad), F(finalize_grad), NULL, n_threads);
+    return F(sweep)(&k, 2, 3, F(reduce_grad), F(finalize_grad), NULL, n_threads);
 }
 
 int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
