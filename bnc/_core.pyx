@@ -350,32 +350,32 @@ cdef int _fwd_eval(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
                                       <float *>m, <float *>v, eps, <bnc_f16_t *>y, ys, nt)
 
 
+ctypedef int (*_bwd_f32_t)(bnc_dims_t, const float *, bnc_strides_t, const float *,
+                           bnc_strides_t, const float *, const float *, const float *,
+                           float *, bnc_strides_t, float *, float *, int) noexcept nogil
+ctypedef int (*_bwd_f64_t)(bnc_dims_t, const double *, bnc_strides_t, const double *,
+                           bnc_strides_t, const double *, const double *, const double *,
+                           double *, bnc_strides_t, double *, double *, int) noexcept nogil
+ctypedef int (*_bwd_f16_t)(bnc_dims_t, const bnc_f16_t *, bnc_strides_t,
+                           const bnc_f16_t *, bnc_strides_t, const float *, const float *,
+                           const float *, bnc_f16_t *, bnc_strides_t, float *, float *,
+                           int) noexcept nogil
+
+
 cdef int _bwd(int isz, bint train, bnc_dims_t d, void *dy, bnc_strides_t dys,
               void *x, bnc_strides_t xs, void *w, void *m, void *s, void *dx,
               bnc_strides_t dxs, void *dw, void *db, int nt) noexcept nogil:
+    cdef _bwd_f32_t f32 = bnc_batchnorm_bwd_train_f32 if train else bnc_batchnorm_bwd_eval_f32
+    cdef _bwd_f64_t f64 = bnc_batchnorm_bwd_train_f64 if train else bnc_batchnorm_bwd_eval_f64
+    cdef _bwd_f16_t f16 = bnc_batchnorm_bwd_train_f16 if train else bnc_batchnorm_bwd_eval_f16
     if isz == 4:
-        if train:
-            return bnc_batchnorm_bwd_train_f32(
-                d, <float *>dy, dys, <float *>x, xs, <float *>w, <float *>m,
-                <float *>s, <float *>dx, dxs, <float *>dw, <float *>db, nt)
-        return bnc_batchnorm_bwd_eval_f32(
-            d, <float *>dy, dys, <float *>x, xs, <float *>w, <float *>m,
-            <float *>s, <float *>dx, dxs, <float *>dw, <float *>db, nt)
+        return f32(d, <float *>dy, dys, <float *>x, xs, <float *>w, <float *>m,
+                   <float *>s, <float *>dx, dxs, <float *>dw, <float *>db, nt)
     if isz == 8:
-        if train:
-            return bnc_batchnorm_bwd_train_f64(
-                d, <double *>dy, dys, <double *>x, xs, <double *>w, <double *>m,
-                <double *>s, <double *>dx, dxs, <double *>dw, <double *>db, nt)
-        return bnc_batchnorm_bwd_eval_f64(
-            d, <double *>dy, dys, <double *>x, xs, <double *>w, <double *>m,
-            <double *>s, <double *>dx, dxs, <double *>dw, <double *>db, nt)
-    if train:
-        return bnc_batchnorm_bwd_train_f16(
-            d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>x, xs, <float *>w, <float *>m,
-            <float *>s, <bnc_f16_t *>dx, dxs, <float *>dw, <float *>db, nt)
-    return bnc_batchnorm_bwd_eval_f16(
-        d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>x, xs, <float *>w, <float *>m,
-        <float *>s, <bnc_f16_t *>dx, dxs, <float *>dw, <float *>db, nt)
+        return f64(d, <double *>dy, dys, <double *>x, xs, <double *>w, <double *>m,
+                   <double *>s, <double *>dx, dxs, <double *>dw, <double *>db, nt)
+    return f16(d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>x, xs, <float *>w, <float *>m,
+               <float *>s, <bnc_f16_t *>dx, dxs, <float *>dw, <float *>db, nt)
 
 
 cdef int _bwd_reduce(int isz, bnc_dims_t d, void *dy, bnc_strides_t dys, void *x,

@@ -9,11 +9,6 @@
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #include "tmpl/batchnorm_body.h"
-#undef T
-#undef P
-#undef SFX
-#undef LOAD
-#undef STORE
 
 #define T double
 #define P double
@@ -21,11 +16,6 @@
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #include "tmpl/batchnorm_body.h"
-#undef T
-#undef P
-#undef SFX
-#undef LOAD
-#undef STORE
 
 #define T bnc_f16_t
 #define P float
@@ -33,8 +23,3 @@
 #define LOAD(v) bnc_half_to_float(v)
 #define STORE(v) bnc_float_to_half(v)
 #include "tmpl/batchnorm_body.h"
-#undef T
-#undef P
-#undef SFX
-#undef LOAD
-#undef STORE

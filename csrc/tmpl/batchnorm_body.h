@@ -7,7 +7,7 @@
  *            arithmetic type of the elementwise passes
  *   SFX      name suffix: f32, f64, f16
  *   LOAD(v)  T -> P        STORE(v)  P -> T
- * Reductions always accumulate in double.
+ * and undefines them at its end. Reductions always accumulate in double.
  */
 
 #define F(name) BNC_CAT(name, BNC_CAT(_, SFX))
@@ -575,10 +575,12 @@ static int F(grad_setup)(F(ctx_t) *k, bnc_dims_t d, const T *dy, bnc_strides_t d
     return BNC_OK;
 }
 
-int F(bnc_batchnorm_bwd_train)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
-                               const T *x, bnc_strides_t xs, const P *weight,
-                               const P *mean, const P *invstd, T *dx,
-                               bnc_strides_t dxs, P *dweight, P *dbias, int n_threads)
+/* Both backward kernels: through the batch statistics (train) or with the
+ * statistics held constant, where dx = dy * weight * invstd is written in the
+ * single reduction pass. */
+static int F(bwd)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *x,
+                  bnc_strides_t xs, const P *weight, const P *mean, const P *invstd,
+                  T *dx, bnc_strides_t dxs, P *dweight, P *dbias, int n_threads)
 {
     F(ctx_t) k = {0};
     int st = F(grad_setup)(&k, d, dy, dys, x, xs, mean, invstd, n_threads);
@@ -589,12 +591,26 @@ int F(bnc_batchnorm_bwd_train)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.os = dxs;
     k.dweight = dweight;
     k.dbias = dbias;
-    if (dx && (st = F(coef_alloc)(&k, 5)))
+    if (dx && (st = F(coef_alloc)(&k, train ? 5 : 1)))
         return st;
-    st = F(sweep)(&k, 2, 3, F(reduce_grad), F(finalize_grad), dx ? F(apply_grad) : NULL,
-                  n_threads);
+    if (dx && !train) {
+        k.write_in_reduce = 1;
+        for (int64_t c = 0; c < d.channels; c++)
+            k.ca[c] = (P)((weight ? (double)weight[c] : 1.0) * (double)invstd[c]);
+    }
+    st = F(sweep)(&k, 2, 3, F(reduce_grad), F(finalize_grad),
+                  dx && train ? F(apply_grad) : NULL, n_threads);
     free(k.ca);
     return st;
+}
+
+int F(bnc_batchnorm_bwd_train)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
+                               const T *x, bnc_strides_t xs, const P *weight,
+                               const P *mean, const P *invstd, T *dx,
+                               bnc_strides_t dxs, P *dweight, P *dbias, int n_threads)
+{
+    return F(bwd)(1, d, dy, dys, x, xs, weight, mean, invstd, dx, dxs, dweight, dbias,
+                  n_threads);
 }
 
 int F(bnc_batchnorm_bwd_eval)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
@@ -602,24 +618,8 @@ int F(bnc_batchnorm_bwd_eval)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
                               const P *mean, const P *invstd, T *dx,
                               bnc_strides_t dxs, P *dweight, P *dbias, int n_threads)
 {
-    F(ctx_t) k = {0};
-    int st = F(grad_setup)(&k, d, dy, dys, x, xs, mean, invstd, n_threads);
-    if (st)
-        return st;
-    k.out = dx;
-    k.os = dxs;
-    k.dweight = dweight;
-    k.dbias = dbias;
-    if (dx) {
-        if ((st = F(coef_alloc)(&k, 1)))
-            return st;
-        k.write_in_reduce = 1;
-        for (int64_t c = 0; c < d.channels; c++)
-            k.ca[c] = (P)((weight ? (double)weight[c] : 1.0) * (double)invstd[c]);
-    }
-    st = F(sweep)(&k, 2, 3, F(reduce_grad), F(finalize_grad), NULL, n_threads);
-    free(k.ca);
-    return st;
+    return F(bwd)(0, d, dy, dys, x, xs, weight, mean, invstd, dx, dxs, dweight, dbias,
+                  n_threads);
 }
 
 int F(bnc_batchnorm_bwd_reduce)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
@@ -665,3 +665,8 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
 }
 
 #undef F
+#undef T
+#undef P
+#undef SFX
+#undef LOAD
+#undef STORE
