@@ -188,8 +188,10 @@ def _run_python(code, env_updates=None):
     env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]]
                                                   if env.get("PYTHONPATH") else []))
     env.update(env_updates or {})
+    # cwd = where the imported bnc lives: `-c` puts the cwd first on sys.path,
+    # and a source checkout's bnc/ (without the built extension) must not win
     proc = subprocess.run([sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
