@@ -476,6 +476,22 @@ static void test_f16_conversion(void)
             diff += bits != bnc_f32_to_f16(f);
         }
         CHECK(diff == 0, "float16 rounding differs from _Float16 for %d values", diff);
+        diff = 0;
+        for (int k = 0; k < 4000000; k++) { /* any bit pattern: NaN, inf, subnormal */
+            uint32_t u;
+            float f;
+            rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+            u = (uint32_t)(rng_state >> 32);
+            memcpy(&f, &u, sizeof f);
+            __extension__ _Float16 h = f;
+            bnc_f16_t bits, mine = bnc_f32_to_f16(f);
+            memcpy(&bits, &h, sizeof bits);
+            if (isnan(f))
+                diff += !((mine & 0x7c00) == 0x7c00 && (mine & 0x3ff));
+            else
+                diff += bits != mine;
+        }
+        CHECK(diff == 0, "float16 rounding of random bit patterns: %d differ", diff);
     }
 #endif
 }
