@@ -157,14 +157,16 @@ void bnc_plan_make(bnc_plan_t *p, bnc_dims_t d, int interleaved);
  * A kernel is up to three phases over the plan's work items:
  *   reduce(item) -> partial results (`width` doubles per channel and chunk),
  *   finalize(channels c0..c1-1): fold their partials in chunk order,
- *   apply(item): the elementwise pass.
+ *   apply(span): the elementwise pass, on any span of elements.
  * Slab layout: an item is (channel, chunk). Interleaved layout: an item is a
  * chunk of rows covering every channel. When there are enough channels, each
  * thread takes whole channels and runs reduce, finalize and apply on one
  * channel back to back (its slab is still in cache); otherwise the phases run
- * one after the other over all items, finalize over ranges of at most
- * BNC_FINAL_CHANNELS channels. Both orders compute identical bits: every
- * channel's partials are folded the same way whatever range it is in. */
+ * one after the other: reduce over all items, finalize over ranges of at most
+ * BNC_FINAL_CHANNELS channels, apply in memory order over an equal span of
+ * elements per thread. Both orders compute identical bits: every channel's
+ * partials are folded the same way whatever range it is in, and the
+ * elementwise pass does not depend on how it is cut. */
 #define BNC_FINAL_CHANNELS 64
 
 /* Partial w of chunk j of channel c is at base[c*channel + j*chunk + w*field]. */
@@ -178,7 +180,10 @@ typedef struct bnc_sweep {
     int width; /* doubles per partial; 0: no reduce phase */
     void (*reduce)(void *ctx, int64_t c, int64_t j, double *part);
     void (*finalize)(void *ctx, int64_t c0, int64_t c1, bnc_parts_t parts);
-    void (*apply)(void *ctx, int64_t c, int64_t j); /* may be NULL */
+    /* the elementwise pass over rows [r0, r1) x channels [c0, c1) x inner
+     * [i0, i1), in that loop order; may be NULL */
+    void (*apply)(void *ctx, int64_t c0, int64_t c1, int64_t r0, int64_t r1, int64_t i0,
+                  int64_t i1);
     void *ctx;
 } bnc_sweep_t;
 

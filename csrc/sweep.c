@@ -50,42 +50,60 @@ int bnc_check_dims(bnc_dims_t d, int n_threads)
     return BNC_OK;
 }
 
+/* Applies s->apply to the elements [e0, e1) of the (outer, C, inner) index
+ * space, in memory order, as few calls as possible (whole rows, whole channel
+ * runs of a row, or part of one run). */
+static void apply_span(const bnc_sweep_t *s, int64_t e0, int64_t e1)
+{
+    const int64_t C = s->plan->channels, inner = s->plan->inner, row = C * inner;
+    int64_t e = e0;
+    while (e < e1) {
+        int64_t r = e / row, c = (e % row) / inner, i = e % inner, n;
+        if (i != 0 || e1 - e < inner) { /* part of one channel run */
+            n = min64(inner - i, e1 - e);
+            s->apply(s->ctx, c, c + 1, r, r + 1, i, i + n);
+        } else if (c != 0 || e1 - e < row) { /* whole runs of one row */
+            n = min64(C - c, (e1 - e) / inner);
+            s->apply(s->ctx, c, c + n, r, r + 1, 0, inner);
+            n *= inner;
+        } else { /* whole rows */
+            int64_t rows = (e1 - e) / row;
+            s->apply(s->ctx, 0, C, r, r + rows, 0, inner);
+            n = rows * row;
+        }
+        e += n;
+    }
+}
+
 int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
 {
     const bnc_plan_t *p = s->plan;
-    const int64_t C = p->channels, k = p->nchunks;
+    const int64_t C = p->channels, k = p->nchunks, total = p->outer * C * p->inner;
     const int64_t items = p->interleaved ? k : C * k;
     const int64_t slot = p->interleaved ? (int64_t)s->width * C : s->width;
     double *parts = NULL;
-    int nt = n_threads;
+    int nt = total < BNC_SERIAL_BELOW ? 1 : n_threads;
 
-    if (p->outer * C * p->inner < BNC_SERIAL_BELOW)
-        nt = 1;
-    else if (nt > items)
-        nt = (int)items;
     if (s->width > 0) {
         parts = malloc(sizeof(double) * (size_t)(items * slot));
         if (!parts)
             return BNC_ERR_NOMEM;
     }
-
     bnc_parts_t pv = {parts, p->interleaved ? 1 : k * slot, slot, p->interleaved ? C : 1};
-    if (!p->interleaved && (nt == 1 || C >= 4 * (int64_t)nt || C % nt == 0)) {
-        /* whole channels per thread: reduce, finalize, apply back to back */
+    if (s->width > 0 && !p->interleaved && (nt == 1 || C >= 4 * (int64_t)nt || C % nt == 0)) {
+        /* whole channels per thread: reduce, finalize, apply back to back,
+         * the second pass over a channel finds its slab still in cache */
         BNC_OMP(parallel for schedule(static) num_threads(nt) if (nt > 1))
         for (int64_t c = 0; c < C; c++) {
-            if (s->width > 0) {
-                for (int64_t j = 0; j < k; j++)
-                    s->reduce(s->ctx, c, j, parts + c * k * slot + j * slot);
-                s->finalize(s->ctx, c, c + 1, pv);
-            }
+            for (int64_t j = 0; j < k; j++)
+                s->reduce(s->ctx, c, j, parts + c * k * slot + j * slot);
+            s->finalize(s->ctx, c, c + 1, pv);
             if (s->apply)
-                for (int64_t j = 0; j < k; j++)
-                    s->apply(s->ctx, c, j);
+                s->apply(s->ctx, c, c + 1, 0, p->outer, 0, p->inner);
         }
     } else {
-        /* one phase after the other over all items; the same static schedule
-         * in both item loops gives a thread back the data it just read */
+        /* one phase after the other: reductions over all items, then the
+         * elementwise pass in memory order, an equal span per thread */
         const int64_t ranges = (C + BNC_FINAL_CHANNELS - 1) / BNC_FINAL_CHANNELS;
         BNC_OMP(parallel num_threads(nt) if (nt > 1))
         {
@@ -97,14 +115,13 @@ int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
                 BNC_OMP(for schedule(static))
                 for (int64_t r = 0; r < ranges; r++) {
                     int64_t c0 = r * BNC_FINAL_CHANNELS;
-                    s->finalize(s->ctx, c0, c0 + BNC_FINAL_CHANNELS < C ? c0 + BNC_FINAL_CHANNELS : C, pv);
+                    s->finalize(s->ctx, c0, min64(C, c0 + BNC_FINAL_CHANNELS), pv);
                 }
             }
             if (s->apply) {
                 BNC_OMP(for schedule(static))
-                for (int64_t it = 0; it < items; it++)
-                    s->apply(s->ctx, p->interleaved ? -1 : it / k,
-                             p->interleaved ? it : it % k);
+                for (int t = 0; t < nt; t++)
+                    apply_span(s, total * t / nt, total * (t + 1) / nt);
             }
         }
     }

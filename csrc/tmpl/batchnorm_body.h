@@ -368,79 +368,59 @@ static void F(finalize_grad)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t p)
 
 /* ---- phase 3: the elementwise passes ---- */
 
-/* Forward: y = ((x - cm) - cl) * ca + cb. */
-BNC_HOT static void F(apply_norm)(void *vctx, int64_t c, int64_t j)
+/* Forward: y = ((x - cm) - cl) * ca + cb over a span (see bnc_sweep_t). */
+BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                  int64_t r1, int64_t i0, int64_t i1)
 {
     const F(ctx_t) *k = vctx;
-    const bnc_plan_t *p = &k->plan;
-    int64_t b0, b1, r0, r1, i0, i1;
-    bnc_chunk_blocks(p, j, &b0, &b1);
-    if (!p->interleaved) {
-        const P m = k->cm[c], ml = k->cl[c], a = k->ca[c], s = k->cb[c];
-        const T *xc = k->x + c * k->xs.channel;
-        T *yc = k->out + c * k->os.channel;
-        for (int64_t b = b0; b < b1; b++) {
-            bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
-            for (int64_t r = r0; r < r1; r++) {
-                const T *xr = xc + r * k->xs.outer;
-                T *yr = yc + r * k->os.outer;
+    const P *restrict m = k->cm, *restrict ml = k->cl, *restrict a = k->ca,
+            *restrict s = k->cb;
+    const int64_t yc = k->os.channel;
+    for (int64_t r = r0; r < r1; r++) {
+        const T *xr = k->x + r * k->xs.outer;
+        T *yr = k->out + r * k->os.outer;
+        if (k->plan.interleaved && yc == 1) /* x and y may be the same array */
+            for (int64_t c = c0; c < c1; c++)
+                yr[c] = STORE(((LOAD(xr[c]) - m[c]) - ml[c]) * a[c] + s[c]);
+        else if (k->plan.interleaved)
+            for (int64_t c = c0; c < c1; c++)
+                yr[c * yc] = STORE(((LOAD(xr[c]) - m[c]) - ml[c]) * a[c] + s[c]);
+        else
+            for (int64_t c = c0; c < c1; c++) {
+                const T *xc = xr + c * k->xs.channel;
+                T *ycn = yr + c * yc;
+                const P mc = m[c], mlc = ml[c], ac = a[c], sc = s[c];
                 for (int64_t i = i0; i < i1; i++)
-                    yr[i] = STORE(((LOAD(xr[i]) - m) - ml) * a + s);
+                    ycn[i] = STORE(((LOAD(xc[i]) - mc) - mlc) * ac + sc);
             }
-        }
-    } else {
-        const int64_t C = p->channels, yc = k->os.channel;
-        const P *restrict m = k->cm, *restrict ml = k->cl, *restrict a = k->ca,
-                *restrict s = k->cb;
-        r0 = b0 * p->rows;
-        r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
-        for (int64_t r = r0; r < r1; r++) {
-            const T *xr = k->x + r * k->xs.outer;
-            T *yr = k->out + r * k->os.outer;
-            if (yc == 1)
-                for (int64_t ch = 0; ch < C; ch++)
-                    yr[ch] = STORE(((LOAD(xr[ch]) - m[ch]) - ml[ch]) * a[ch] + s[ch]);
-            else
-                for (int64_t ch = 0; ch < C; ch++)
-                    yr[ch * yc] = STORE(((LOAD(xr[ch]) - m[ch]) - ml[ch]) * a[ch] + s[ch]);
-        }
     }
 }
 
-/* Backward through batch statistics: dx = ((dy - ca) - (x - cm) * cg) * cb. */
-BNC_HOT static void F(apply_grad)(void *vctx, int64_t c, int64_t j)
+/* Backward through batch statistics over a span:
+ * dx = ((dy - ca) - (x - cm) * cg) * cb. */
+BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                  int64_t r1, int64_t i0, int64_t i1)
 {
     const F(ctx_t) *k = vctx;
-    const bnc_plan_t *p = &k->plan;
-    int64_t b0, b1, r0, r1, i0, i1;
-    bnc_chunk_blocks(p, j, &b0, &b1);
-    if (!p->interleaved) {
-        const P m = k->cm[c], a = k->ca[c], g = k->cg[c], s = k->cb[c];
-        const T *xc = k->x + c * k->xs.channel, *dyc = k->dy + c * k->dys.channel;
-        T *dxc = k->out + c * k->os.channel;
-        for (int64_t b = b0; b < b1; b++) {
-            bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
-            for (int64_t r = r0; r < r1; r++) {
-                const T *restrict xr = xc + r * k->xs.outer;
-                const T *restrict dyr = dyc + r * k->dys.outer;
-                T *restrict dxr = dxc + r * k->os.outer;
+    const P *restrict m = k->cm, *restrict a = k->ca, *restrict g = k->cg,
+            *restrict s = k->cb;
+    const int64_t dc = k->os.channel;
+    for (int64_t r = r0; r < r1; r++) {
+        const T *restrict xr = k->x + r * k->xs.outer;
+        const T *restrict dyr = k->dy + r * k->dys.outer;
+        T *restrict dxr = k->out + r * k->os.outer;
+        if (k->plan.interleaved)
+            for (int64_t c = c0; c < c1; c++)
+                dxr[c * dc] = STORE(((LOAD(dyr[c]) - a[c]) - (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
+        else
+            for (int64_t c = c0; c < c1; c++) {
+                const T *restrict xc = xr + c * k->xs.channel;
+                const T *restrict dyc = dyr + c * k->dys.channel;
+                T *restrict dxc = dxr + c * dc;
+                const P mc = m[c], ac = a[c], gc = g[c], sc = s[c];
                 for (int64_t i = i0; i < i1; i++)
-                    dxr[i] = STORE(((LOAD(dyr[i]) - a) - (LOAD(xr[i]) - m) * g) * s);
+                    dxc[i] = STORE(((LOAD(dyc[i]) - ac) - (LOAD(xc[i]) - mc) * gc) * sc);
             }
-        }
-    } else {
-        const int64_t C = p->channels, dc = k->os.channel;
-        const P *restrict m = k->cm, *restrict a = k->ca, *restrict g = k->cg,
-                *restrict s = k->cb;
-        r0 = b0 * p->rows;
-        r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
-        for (int64_t r = r0; r < r1; r++) {
-            const T *restrict xr = k->x + r * k->xs.outer;
-            const T *restrict dyr = k->dy + r * k->dys.outer;
-            T *restrict dxr = k->out + r * k->os.outer;
-            for (int64_t ch = 0; ch < C; ch++)
-                dxr[ch * dc] = STORE(((LOAD(dyr[ch]) - a[ch]) - (LOAD(xr[ch]) - m[ch]) * g[ch]) * s[ch]);
-        }
     }
 }
 
@@ -465,7 +445,9 @@ static int F(coef_alloc)(F(ctx_t) *k, int n)
 static int F(sweep)(F(ctx_t) *k, int width_slab, int width_rows,
                     void (*reduce)(void *, int64_t, int64_t, double *),
                     void (*finalize)(void *, int64_t, int64_t, bnc_parts_t),
-                    void (*apply)(void *, int64_t, int64_t), int n_threads)
+                    void (*apply)(void *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t),
+                    int n_threads)
 {
     bnc_sweep_t s;
     s.plan = &k->plan;
