@@ -55,17 +55,21 @@ def _count_back(n, name):
     return n
 
 
+cdef object _env_default = _env_threads()  # BNC_NUM_THREADS, read once at import
+
+
 def get_num_threads():
     """Number of threads a kernel call uses when n_threads is None.
 
-    The value set by `set_num_threads`, else BNC_NUM_THREADS, else OpenMP's
-    default (OMP_NUM_THREADS, a threadpoolctl limit, or the usable cores).
+    The value set by `set_num_threads`, else BNC_NUM_THREADS (read at import),
+    else OpenMP's default (OMP_NUM_THREADS, a threadpoolctl limit, or the
+    usable cores). OpenMP's default is shared by every library in the process
+    that uses the same OpenMP runtime: torch.set_num_threads changes it too.
     """
     if _global_threads is not None:
         return _global_threads
-    env = _env_threads()
-    if env is not None:
-        return env
+    if _env_default is not None:
+        return _env_default
     return bnc_default_threads()
 
 
@@ -122,6 +126,10 @@ cdef object _as_input(object v, str name):
     return a
 
 
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+
+
 def stat_dtype(dtype):
     """dtype of per-channel arrays for data of `dtype`: float64 for float64, else float32."""
     return np.dtype(np.float64) if np.dtype(dtype).itemsize == 8 else np.dtype(np.float32)
@@ -131,7 +139,10 @@ cdef object _param(object v, str name, int64_t C, object xdt):
     """A per-channel input (weight, bias, mean, ...) as a contiguous (C,) array."""
     if v is None:
         return None
-    pdt = stat_dtype(xdt)
+    pdt = _F64 if xdt.itemsize == 8 else _F32
+    if (type(v) is np.ndarray and v.dtype == pdt and v.ndim == 1 and v.shape[0] == C
+            and (<cnp.ndarray>v).flags.c_contiguous):
+        return v  # the common case, without a call into NumPy
     if isinstance(v, np.ndarray):
         if v.dtype != pdt and v.dtype != xdt:
             raise TypeError(f"{name} must have dtype {pdt} for {xdt} x, got {v.dtype}")
@@ -204,7 +215,7 @@ cdef object _refuse_overlap(object out, str name, list inputs, object allowed):
 
 
 cdef bint _same_view(object a, object b):
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    return (cnp.PyArray_DATA(<cnp.ndarray>a) == cnp.PyArray_DATA(<cnp.ndarray>b)
             and a.strides == b.strides and a.shape == b.shape)
 
 
@@ -217,21 +228,33 @@ cdef class _Layout:
     cdef bnc_dims_t d
 
     def __init__(self, x, int axis):
-        shape, st = x.shape, x.strides
+        cdef cnp.ndarray a = x
+        cdef int nd = a.ndim, i, j, n = 0, t
+        cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
+        cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(a)
+        cdef int order[64]
+        cdef Py_ssize_t ckey
         C = shape[axis]
-        ckey = abs(st[axis]) if C > 1 else None  # one channel: all other axes inner
-        axes = sorted((a for a in range(x.ndim) if a != axis and shape[a] > 1),
-                      key=lambda a: -abs(st[a]))
+        ckey = -1 if C == 1 else abs(st[axis])  # one channel: every other axis inner
+        for i in range(nd):  # non-channel axes of size > 1, by |stride| descending
+            if i == axis or shape[i] == 1:
+                continue
+            j = n
+            while j > 0 and abs(st[order[j - 1]]) < abs(st[i]):
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = i
+            n += 1
         self.axis = axis
-        self.outer_axes = tuple(a for a in axes if ckey is not None and abs(st[a]) > ckey)
-        self.inner_axes = tuple(a for a in axes if ckey is None or abs(st[a]) <= ckey)
+        self.outer_axes = tuple([order[i] for i in range(n) if abs(st[order[i]]) > ckey >= 0])
+        self.inner_axes = tuple([order[i] for i in range(n) if not abs(st[order[i]]) > ckey >= 0])
         self.d.channels = C
         self.d.outer = 1
-        for a in self.outer_axes:
-            self.d.outer *= shape[a]
+        for t in self.outer_axes:
+            self.d.outer *= shape[t]
         self.d.inner = 1
-        for a in self.inner_axes:
-            self.d.inner *= shape[a]
+        for t in self.inner_axes:
+            self.d.inner *= shape[t]
 
     cdef bint strides_of(self, object arr, bnc_strides_t *s):
         """Element strides of arr in this layout; False if arr does not fit it."""

@@ -200,10 +200,12 @@ def _apply_running(running_mean, running_var, mean, var, count, m, corr,
         num_batches_tracked += 1
         if m is None:
             m = 1.0 / float(num_batches_tracked)
-    unbiased = np.asarray(var, np.float64) * (count / (count - corr))
-    running_mean[...] = (1.0 - m) * running_mean.astype(np.float64) + m * np.asarray(
-        mean, np.float64)
-    running_var[...] = (1.0 - m) * running_var.astype(np.float64) + m * unbiased
+    # in the running arrays' precision, as PyTorch does: rm = (1-m)*rm + m*mean
+    running_mean *= 1.0 - m
+    running_mean += np.multiply(mean, m, dtype=running_mean.dtype, casting="unsafe")
+    running_var *= 1.0 - m
+    running_var += np.multiply(var, m * count / (count - corr), dtype=running_var.dtype,
+                               casting="unsafe")
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, *,
