@@ -17,6 +17,8 @@
 #define BNC_MIN_ROWS 16         /* rows per block in the interleaved layout */
 #define BNC_PIECES 64           /* aim for at least this many work items */
 #define BNC_SERIAL_BELOW 32768  /* fewer elements than this: no parallel region */
+#define BNC_SCRATCH (1 << 21)   /* doubles of chunk partials, unless C alone needs more */
+#define BNC_WIDTH_MAX 6         /* the widest partial, in doubles per channel */
 
 /* Hot loops are compiled for several vector ISAs and picked at load time
  * (GCC's target_clones on x86-64 Linux). The loops fix their summation order

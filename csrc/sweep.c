@@ -25,7 +25,9 @@ void bnc_plan_make(bnc_plan_t *p, bnc_dims_t d, int interleaved)
     if (interleaved) {
         p->rows = max64(BNC_MIN_ROWS, BNC_BLOCK / d.channels);
         p->nblocks = ceil_div(d.outer, p->rows);
-        p->nchunks = min64(p->nblocks, BNC_PIECES);
+        /* chunks hold C-wide partials: cap their scratch at BNC_SCRATCH doubles */
+        p->nchunks = min64(min64(p->nblocks, BNC_PIECES),
+                           max64(1, BNC_SCRATCH / (BNC_WIDTH_MAX * d.channels)));
         return;
     }
     if (d.inner >= BNC_BLOCK) {

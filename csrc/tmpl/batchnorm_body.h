@@ -113,8 +113,9 @@ static double F(shift_of)(const F(ctx_t) *k, int64_t c)
 
 /* Slab layout: fold the blocks of chunk j of channel c into part[0..2].
  * Interleaved: chunk j of rows, every channel; part is [6][C]: n, mean, M2
- * and three rows of scratch (block mean and M2, shifts). Both reduce a block two-pass while it is in
- * cache (mean, then squared deviations from it) and merge blocks with Chan. */
+ * and three rows of scratch (block mean and M2, shifts). Both reduce a block
+ * two-pass while it is in cache (mean, then squared deviations from it) and
+ * merge blocks with Chan's formula. */
 BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
 {
     const F(ctx_t) *k = vctx;
