@@ -220,14 +220,30 @@ cdef bint _same_view(object a, object b):
 
 
 # --------------------------------------------------------- canonical view ---
+#
+# The C kernels see (outer, C, inner) with a contiguous inner run and one
+# stride for outer and one for channels. An array that folds so is passed as
+# it is. One that does not (a slice of the last axis, say) is cut into pieces
+# along its largest-stride axes so that every piece folds; the kernels then
+# run piece by piece and the statistics are merged exactly. Pieces are used
+# in the slab layout only, with inner runs of at least PIECE_MIN_RUN elements
+# and pieces of at least PIECE_MIN_SIZE (a kernel call each); otherwise the
+# array is copied: measured, one copy plus one call is then the faster way
+# (README, "Layouts").
+
+PIECE_MIN_RUN = 32
+PIECE_MIN_SIZE = 1 << 14
+_ONE_PIECE = np.zeros(1, np.int64)
+
 
 cdef class _Layout:
-    """Which axes of an array fold into outer and inner, as read off x."""
+    """Which axes of an array fold into outer and inner, as read off x; the
+    `extra` axes are iterated over as pieces."""
     cdef public int axis
-    cdef public tuple outer_axes, inner_axes
+    cdef public tuple outer_axes, inner_axes, extra
     cdef bnc_dims_t d
 
-    def __init__(self, x, int axis):
+    def __init__(self, x, int axis, tuple extra=()):
         cdef cnp.ndarray a = x
         cdef int nd = a.ndim, i, j, n = 0, t
         cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
@@ -237,7 +253,7 @@ cdef class _Layout:
         C = shape[axis]
         ckey = -1 if C == 1 else abs(st[axis])  # one channel: every other axis inner
         for i in range(nd):  # non-channel axes of size > 1, by |stride| descending
-            if i == axis or shape[i] == 1:
+            if i == axis or shape[i] == 1 or i in extra:
                 continue
             j = n
             while j > 0 and abs(st[order[j - 1]]) < abs(st[i]):
@@ -246,6 +262,7 @@ cdef class _Layout:
             order[j] = i
             n += 1
         self.axis = axis
+        self.extra = extra
         self.outer_axes = tuple([order[i] for i in range(n) if abs(st[order[i]]) > ckey >= 0])
         self.inner_axes = tuple([order[i] for i in range(n) if not abs(st[order[i]]) > ckey >= 0])
         self.d.channels = C
@@ -256,59 +273,94 @@ cdef class _Layout:
         for t in self.inner_axes:
             self.d.inner *= shape[t]
 
-    cdef bint strides_of(self, object arr, bnc_strides_t *s):
-        """Element strides of arr in this layout; False if arr does not fit it."""
+    cdef object fit(self, object arr, bnc_strides_t *s):
+        """Byte offsets of arr's pieces (int64 array) with its element strides
+        in *s, or None if arr does not fit this layout."""
         cdef Py_ssize_t isz = arr.itemsize
         if not arr.flags.aligned:
-            return False
+            return None
         shape, st = arr.shape, arr.strides
         expected = isz
         for a in reversed(self.inner_axes):  # inner: contiguous run
             if st[a] != expected:
-                return False
+                return None
             expected *= shape[a]
         for i in range(len(self.outer_axes) - 1):  # outer: one merged stride
             a, b = self.outer_axes[i], self.outer_axes[i + 1]
             if st[a] != st[b] * shape[b]:
-                return False
+                return None
         so = st[self.outer_axes[len(self.outer_axes) - 1]] if self.outer_axes else 0
         sc = st[self.axis] if self.d.channels > 1 else 0
         if so % isz or sc % isz:
-            return False
+            return None
         s.outer = so // isz
         s.channel = sc // isz
-        return True
+        if not self.extra:
+            return _ONE_PIECE
+        off = _ONE_PIECE
+        for a in self.extra:
+            off = (off[:, None] + np.arange(shape[a], dtype=np.int64) * st[a]).ravel()
+        return off
+
+    cdef bint efficient(self):
+        """True if pieces in this layout beat a copy (see PIECE_MIN_RUN)."""
+        size = self.d.outer * self.d.channels * self.d.inner
+        return self.d.inner >= PIECE_MIN_RUN and size >= PIECE_MIN_SIZE
 
 
 cdef class _View:
-    """x in its canonical view; outputs and other inputs laid out to match."""
+    """x in its canonical view (possibly in pieces); other arrays laid out to match."""
     cdef _Layout layout
-    cdef public object x
+    cdef public object x, xoff
     cdef bnc_strides_t xs
+    cdef public Py_ssize_t npieces
 
     def __init__(self, x, int axis):
         self.layout = _Layout(x, axis)
-        if not self.layout.strides_of(x, &self.xs):
-            # no single (outer, C, inner) view: copy in x's own axis order
+        off = self.layout.fit(x, &self.xs)
+        if off is None:
+            off = self._try_pieces(x, axis)
+        if off is None:
+            # no efficient view: copy once, in x's own axis order
             x = np.copy(x, order="K")
             self.layout = _Layout(x, axis)
-            if not self.layout.strides_of(x, &self.xs):
+            off = self.layout.fit(x, &self.xs)
+            if off is None:
                 raise AssertionError("bnc: a copied array has no canonical view")
         self.x = x
+        self.xoff = off
+        self.npieces = len(off)
 
-    cdef object like_x(self, object a, bnc_strides_t *s):
-        """Input a (same shape as x) in a layout that fits, copying if needed."""
-        if self.layout.strides_of(a, s):
-            return a
+    cdef object _try_pieces(self, object x, int axis):
+        """Cut x along its largest-stride axes until every piece folds."""
+        cdef _Layout lay
+        cdef bnc_strides_t s
+        axes = self.layout.outer_axes + self.layout.inner_axes
+        for e in range(1, len(axes)):
+            lay = _Layout(x, axis, tuple(axes[:e]))
+            off = lay.fit(x, &s)
+            if off is not None:
+                if not lay.efficient():
+                    return None
+                self.layout = lay
+                self.xs = s
+                return off
+        return None
+
+    cdef tuple like_x(self, object a, bnc_strides_t *s):
+        """(a or a copy of it that fits the layout, its piece offsets)."""
+        off = self.layout.fit(a, s)
+        if off is not None:
+            return a, off
         b = np.empty_like(self.x)
         np.copyto(b, a)
-        self.layout.strides_of(b, s)
-        return b
+        return b, self.layout.fit(b, s)
 
-    cdef object target(self, object out, bnc_strides_t *s):
-        """Array the kernel writes: out itself if it fits, else a scratch twin."""
-        if self.layout.strides_of(out, s):
-            return out
+    cdef tuple target(self, object out, bnc_strides_t *s):
+        """(the array the kernel writes: out if it fits, else a scratch twin, offsets)."""
+        off = self.layout.fit(out, s)
+        if off is not None:
+            return out, off
         return self.like_x(np.empty_like(self.x), s)
 
 
@@ -432,6 +484,15 @@ cdef int _bwd_elemt(int isz, bnc_dims_t d, void *dy, bnc_strides_t dys, void *x,
 
 
 # ---------------------------------------------------------------- kernels ---
+#
+# Each kernel runs once per piece of the view (once, for any array that
+# folds): `off` arrays hold the byte offset of every piece.
+
+cdef object _pooled(object means, object vars_):
+    """Exact merge of equal-count pieces: (K, C) float64 -> (C,) mean, var."""
+    mean = means.mean(axis=0)
+    return mean, (vars_ + (means - mean) ** 2).mean(axis=0)
+
 
 def batch_norm_stats(x, *, channel_axis=1, n_threads=None):
     """Per-channel mean and biased variance of x, and the count per channel.
@@ -451,18 +512,32 @@ def batch_norm_stats(x, *, channel_axis=1, n_threads=None):
     cdef int axis = _axis(channel_axis, x.ndim)
     cdef int nt = _threads(n_threads)
     cdef _View v = _View(x, axis)
-    cdef bnc_dims_t d = v.layout.d
-    mean = np.empty(d.channels, np.float64)
-    var = np.empty(d.channels, np.float64)
-    cdef int isz = x.itemsize, st
-    cdef void *px = _ptr(v.x)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *pv = <double *>_ptr(var)
-    with nogil:
-        st = _stats(isz, d, px, v.xs, pm, pv, nt)
-    _check(st)
+    mean, var = _stats_f64(v, nt)
     sdt = stat_dtype(x.dtype)
-    return mean.astype(sdt, copy=False), var.astype(sdt, copy=False), d.outer * d.inner
+    return (mean.astype(sdt, copy=False), var.astype(sdt, copy=False),
+            v.layout.d.outer * v.layout.d.inner * v.npieces)
+
+
+cdef tuple _stats_f64(_View v, int nt):
+    """float64 per-channel mean and biased variance of the view, all pieces."""
+    cdef bnc_dims_t d = v.layout.d
+    cdef Py_ssize_t i, n = v.npieces
+    means = np.empty((n, d.channels), np.float64)
+    vars_ = np.empty((n, d.channels), np.float64)
+    cdef double[:, ::1] pm = means, pv = vars_
+    cdef const int64_t[::1] xo = v.xoff
+    cdef int isz = v.x.itemsize, st = BNC_OK
+    x = v.x
+    cdef char *x_b = <char *>_ptr(x)
+    with nogil:
+        for i in range(n):
+            st = _stats(isz, d, x_b + xo[i], v.xs, &pm[i, 0], &pv[i, 0], nt)
+            if st != BNC_OK:
+                break
+    _check(st)
+    if n == 1:
+        return means[0], vars_[0]
+    return _pooled(means, vars_)
 
 
 def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
@@ -497,27 +572,41 @@ def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
     cdef bnc_dims_t d = v.layout.d
     cdef bnc_strides_t ys
     y = np.empty_like(x) if out is None else out
-    target = v.target(y, &ys)
+    target, yoff = v.target(y, &ys)
     sdt = stat_dtype(xdt)
-    cdef int isz = x.itemsize, st
-    cdef void *px = _ptr(v.x)
-    cdef void *py = _ptr(target)
+    save_mean = save_invstd = save_var = None
+    if training and v.npieces > 1:
+        # statistics piece by piece, merged; then the normalizing pass
+        m64, v64 = _stats_f64(v, nt)
+        mean, var = m64.astype(sdt), v64.astype(sdt)
+        save_mean, save_var = mean, var
+        save_invstd = (1.0 / np.sqrt(v64 + e)).astype(sdt)
+        training = False
+    cdef int isz = x.itemsize, st = BNC_OK
+    cdef Py_ssize_t i, n = v.npieces
+    cdef const int64_t[::1] xo = v.xoff, yo = yoff
     cdef void *pw = _ptr_or_null(weight)
     cdef void *pb = _ptr_or_null(bias)
     cdef void *pm
     cdef void *pv
     cdef void *pi
+    cdef char *xa_b = <char *>_ptr(v.x)
+    cdef char *target_b = <char *>_ptr(target)
     if training:
         save_mean, save_invstd, save_var = (np.empty(C, sdt), np.empty(C, sdt),
                                             np.empty(C, sdt))
         pm, pi, pv = _ptr(save_mean), _ptr(save_invstd), _ptr(save_var)
         with nogil:
-            st = _fwd_train(isz, d, px, v.xs, pw, pb, e, py, ys, pm, pi, pv, nt)
+            st = _fwd_train(isz, d, xa_b + xo[0], v.xs, pw, pb, e, target_b + yo[0], ys,
+                            pm, pi, pv, nt)
     else:
-        save_mean = save_invstd = save_var = None
         pm, pv = _ptr(mean), _ptr(var)
         with nogil:
-            st = _fwd_eval(isz, d, px, v.xs, pw, pb, pm, pv, e, py, ys, nt)
+            for i in range(n):
+                st = _fwd_eval(isz, d, xa_b + xo[i], v.xs, pw, pb, pm, pv, e,
+                               target_b + yo[i], ys, nt)
+                if st != BNC_OK:
+                    break
     _check(st)
     if target is not y:
         np.copyto(y, target)
@@ -549,29 +638,114 @@ def batch_norm_backward_raw(grad_out, x, weight, mean, invstd, channel_axis,
                         None)
 
     cdef _View v = _View(x, axis)
-    cdef bnc_dims_t d = v.layout.d
     cdef bnc_strides_t dys, dxs
-    dy = v.like_x(dy, &dys)
+    dy, dyoff = v.like_x(dy, &dys)
     dx = np.empty_like(x) if out is None else out
-    target = v.target(dx, &dxs)
+    target, dxoff = v.target(dx, &dxs)
     sdt = stat_dtype(xdt)
-    dweight, dbias = np.empty(C, sdt), np.empty(C, sdt)
-    cdef int isz = x.itemsize, st
-    cdef void *pdy = _ptr(dy)
-    cdef void *px = _ptr(v.x)
-    cdef void *pdx = _ptr(target)
-    cdef void *pw = _ptr_or_null(weight)
-    cdef void *pm = _ptr(mean)
-    cdef void *ps = _ptr(invstd)
-    cdef void *pdw = _ptr(dweight)
-    cdef void *pdb = _ptr(dbias)
-    with nogil:
-        st = _bwd(isz, use_batch_stats, d, pdy, dys, px, v.xs, pw, pm, ps, pdx, dxs,
-                  pdw, pdb, nt)
-    _check(st)
+    if v.npieces > 1 and use_batch_stats:
+        sdy, sdyx = _bwd_sums(v, dy, dyoff, dys, mean, invstd, nt)
+        _bwd_elemt_pieces(v, dy, dyoff, dys, weight, mean, invstd, sdy, sdyx,
+                          v.layout.d.outer * v.layout.d.inner * v.npieces, target, dxoff,
+                          dxs, nt)
+        dweight, dbias = sdyx.astype(sdt), sdy.astype(sdt)
+    else:
+        dweight, dbias = _bwd_pieces(v, dy, dyoff, dys, weight, mean, invstd, target,
+                                     dxoff, dxs, use_batch_stats, nt)
     if target is not dx:
         np.copyto(dx, target)
     return dx, dweight, dbias
+
+
+cdef tuple _bwd_pieces(_View v, object dy, object dyoff, bnc_strides_t dys, object weight,
+                       object mean, object invstd, object dx, object dxoff,
+                       bnc_strides_t dxs, bint train, int nt):
+    """The fused backward kernel on every piece (train only with one piece)."""
+    cdef Py_ssize_t i, n = v.npieces
+    sdt = stat_dtype(v.x.dtype)
+    dws = np.empty((n, v.layout.d.channels), sdt)
+    dbs = np.empty((n, v.layout.d.channels), sdt)
+    cdef const int64_t[::1] xo = v.xoff, go = dyoff, do = dxoff
+    cdef int isz = v.x.itemsize, st = BNC_OK
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pm = _ptr(mean)
+    cdef void *ps = _ptr(invstd)
+    cdef char *pdw = <char *>_ptr(dws)
+    cdef char *pdb = <char *>_ptr(dbs)
+    cdef Py_ssize_t row = dws.strides[0]
+    xa = v.x
+    cdef char *dy_b = <char *>_ptr(dy)
+    cdef char *xa_b = <char *>_ptr(xa)
+    cdef char *dx_b = <char *>_ptr(dx)
+    with nogil:
+        for i in range(n):
+            st = _bwd(isz, train, v.layout.d, dy_b + go[i], dys, xa_b + xo[i], v.xs, pw,
+                      pm, ps, dx_b + do[i], dxs, pdw + i * row, pdb + i * row, nt)
+            if st != BNC_OK:
+                break
+    _check(st)
+    if n == 1:
+        return dws[0], dbs[0]
+    return dws.sum(axis=0, dtype=np.float64).astype(sdt), dbs.sum(axis=0, dtype=np.float64).astype(sdt)
+
+
+cdef tuple _bwd_sums(_View v, object dy, object dyoff, bnc_strides_t dys, object mean,
+                     object invstd, int nt):
+    """float64 sum(dy) and sum(dy * xhat) per channel, over all pieces."""
+    cdef Py_ssize_t i, n = v.npieces
+    sdy = np.empty((n, v.layout.d.channels), np.float64)
+    sdyx = np.empty((n, v.layout.d.channels), np.float64)
+    cdef double[:, ::1] a = sdy, b = sdyx
+    cdef const int64_t[::1] xo = v.xoff, go = dyoff
+    cdef int isz = v.x.itemsize, st = BNC_OK
+    cdef void *pm = _ptr(mean)
+    cdef void *ps = _ptr(invstd)
+    xa = v.x
+    cdef char *dy_b = <char *>_ptr(dy)
+    cdef char *xa_b = <char *>_ptr(xa)
+    with nogil:
+        for i in range(n):
+            st = _bwd_reduce(isz, v.layout.d, dy_b + go[i], dys, xa_b + xo[i], v.xs, pm,
+                             ps, &a[i, 0], &b[i, 0], nt)
+            if st != BNC_OK:
+                break
+    _check(st)
+    return sdy.sum(axis=0), sdyx.sum(axis=0)
+
+
+cdef int _bwd_elemt_pieces(_View v, object dy, object dyoff, bnc_strides_t dys,
+                           object weight, object mean, object invstd, object sdy,
+                           object sdyx, int64_t count, object dx, object dxoff,
+                           bnc_strides_t dxs, int nt) except -1:
+    cdef Py_ssize_t i, n = v.npieces
+    cdef const int64_t[::1] xo = v.xoff, go = dyoff, do = dxoff
+    cdef int isz = v.x.itemsize, st = BNC_OK
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pm = _ptr(mean)
+    cdef void *ps = _ptr(invstd)
+    cdef double *a = <double *>_ptr(sdy)
+    cdef double *b = <double *>_ptr(sdyx)
+    xa = v.x
+    cdef char *dy_b = <char *>_ptr(dy)
+    cdef char *xa_b = <char *>_ptr(xa)
+    cdef char *dx_b = <char *>_ptr(dx)
+    with nogil:
+        for i in range(n):
+            st = _bwd_elemt(isz, v.layout.d, dy_b + go[i], dys, xa_b + xo[i], v.xs, pw,
+                            pm, ps, a, b, count, dx_b + do[i], dxs, nt)
+            if st != BNC_OK:
+                break
+    return _check(st)
+
+
+cdef tuple _grad_inputs(object grad_out, object x, object channel_axis):
+    x = _as_input(x, "x")
+    dy = _as_input(grad_out, "grad_out")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"grad_out must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    if dy.shape != x.shape:
+        raise ValueError(f"grad_out must have the shape of x {x.shape}, got {dy.shape}")
+    return x, dy, _axis(channel_axis, x.ndim)
 
 
 def batch_norm_backward_reduce(grad_out, x, mean, invstd, *, channel_axis=1,
@@ -582,11 +756,7 @@ def batch_norm_backward_reduce(grad_out, x, mean, invstd, *, channel_axis=1,
     xhat = (x - mean) * invstd. For synchronized batch norm these are summed
     across processes before `batch_norm_backward_elemt`.
     """
-    x = _as_input(x, "x")
-    dy = _as_input(grad_out, "grad_out")
-    if dy.dtype != x.dtype or dy.shape != x.shape:
-        raise ValueError("grad_out must have the shape and dtype of x")
-    cdef int axis = _axis(channel_axis, x.ndim)
+    x, dy, axis = _grad_inputs(grad_out, x, channel_axis)
     cdef int64_t C = x.shape[axis]
     mean = _param(mean, "mean", C, x.dtype)
     invstd = _param(invstd, "invstd", C, x.dtype)
@@ -595,19 +765,8 @@ def batch_norm_backward_reduce(grad_out, x, mean, invstd, *, channel_axis=1,
     cdef int nt = _threads(n_threads)
     cdef _View v = _View(x, axis)
     cdef bnc_strides_t dys
-    dy = v.like_x(dy, &dys)
-    sdy, sdyx = np.empty(C, np.float64), np.empty(C, np.float64)
-    cdef int isz = x.itemsize, st
-    cdef void *pdy = _ptr(dy)
-    cdef void *px = _ptr(v.x)
-    cdef void *pm = _ptr(mean)
-    cdef void *ps = _ptr(invstd)
-    cdef double *a = <double *>_ptr(sdy)
-    cdef double *b = <double *>_ptr(sdyx)
-    with nogil:
-        st = _bwd_reduce(isz, v.layout.d, pdy, dys, px, v.xs, pm, ps, a, b, nt)
-    _check(st)
-    return sdy, sdyx
+    dy, dyoff = v.like_x(dy, &dys)
+    return _bwd_sums(v, dy, dyoff, dys, mean, invstd, nt)
 
 
 def batch_norm_backward_elemt(grad_out, x, weight, mean, invstd, sum_dy, sum_dy_xhat,
@@ -616,11 +775,7 @@ def batch_norm_backward_elemt(grad_out, x, weight, mean, invstd, sum_dy, sum_dy_
 
     dx = weight*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count).
     """
-    x = _as_input(x, "x")
-    dy = _as_input(grad_out, "grad_out")
-    if dy.dtype != x.dtype or dy.shape != x.shape:
-        raise ValueError("grad_out must have the shape and dtype of x")
-    cdef int axis = _axis(channel_axis, x.ndim)
+    x, dy, axis = _grad_inputs(grad_out, x, channel_axis)
     cdef int64_t C = x.shape[axis]
     weight = _param(weight, "weight", C, x.dtype)
     mean = _param(mean, "mean", C, x.dtype)
@@ -640,22 +795,11 @@ def batch_norm_backward_elemt(grad_out, x, weight, mean, invstd, sum_dy, sum_dy_
         _refuse_overlap(out, "out", [(x, "x"), (dy, "grad_out")], None)
     cdef _View v = _View(x, axis)
     cdef bnc_strides_t dys, dxs
-    dy = v.like_x(dy, &dys)
+    dy, dyoff = v.like_x(dy, &dys)
     dx = np.empty_like(x) if out is None else out
-    target = v.target(dx, &dxs)
-    cdef int isz = x.itemsize, st
-    cdef void *pdy = _ptr(dy)
-    cdef void *px = _ptr(v.x)
-    cdef void *pdx = _ptr(target)
-    cdef void *pw = _ptr_or_null(weight)
-    cdef void *pm = _ptr(mean)
-    cdef void *ps = _ptr(invstd)
-    cdef double *a = <double *>_ptr(sum_dy)
-    cdef double *b = <double *>_ptr(sum_dy_xhat)
-    with nogil:
-        st = _bwd_elemt(isz, v.layout.d, pdy, dys, px, v.xs, pw, pm, ps, a, b, n, pdx,
-                        dxs, nt)
-    _check(st)
+    target, dxoff = v.target(dx, &dxs)
+    _bwd_elemt_pieces(v, dy, dyoff, dys, weight, mean, invstd, sum_dy, sum_dy_xhat, n,
+                      target, dxoff, dxs, nt)
     if target is not dx:
         np.copyto(dx, target)
     return dx
