@@ -29,28 +29,27 @@ typedef struct {
     P *cm, *cl, *ca, *cb, *cg;     /* per-channel coefficients, see the apply passes */
 } F(ctx_t);
 
-/* ---- contiguous runs, reduced in BNC_LANES fixed lanes of double ----
- * Each loop keeps a single accumulator array: GCC vectorizes that form (two
+/* ---- contiguous runs, reduced into BNC_LANES fixed lanes of double ----
+ * Element i of a run goes to lane i % BNC_LANES (the tail to lanes 0, 1, ...);
+ * callers fold the lanes once per block or chunk with bnc_lanes_sum. Each
+ * loop keeps a single accumulator array: GCC vectorizes that form (two
  * accumulators in one loop stay scalar). The lanes fix the summation order
  * whatever the vector width, and are many enough to hide the add latency. */
 
-/* Sum of x - K. */
-static inline double F(run_sum)(const T *restrict x, int64_t n, double K)
+/* a += x - K, by lanes. */
+static inline void F(run_sum)(const T *restrict x, int64_t n, double K, double *restrict a)
 {
-    double a[BNC_LANES] = {0};
     int64_t i = 0;
     for (; i + BNC_LANES <= n; i += BNC_LANES)
         for (int l = 0; l < BNC_LANES; l++)
             a[l] += (double)LOAD(x[i + l]) - K;
     for (int l = 0; i < n; i++, l++)
         a[l] += (double)LOAD(x[i]) - K;
-    return bnc_lanes_sum(a);
 }
 
-/* Sum of squares of x - m. */
-static inline double F(run_sqdev)(const T *restrict x, int64_t n, double m)
+/* a += (x - m)^2, by lanes. */
+static inline void F(run_sqdev)(const T *restrict x, int64_t n, double m, double *restrict a)
 {
-    double a[BNC_LANES] = {0};
     int64_t i = 0;
     for (; i + BNC_LANES <= n; i += BNC_LANES)
         for (int l = 0; l < BNC_LANES; l++) {
@@ -61,21 +60,18 @@ static inline double F(run_sqdev)(const T *restrict x, int64_t n, double m)
         double v = (double)LOAD(x[i]) - m;
         a[l] += v * v;
     }
-    return bnc_lanes_sum(a);
 }
 
-/* Sum of dy * (x - m). */
-static inline double F(run_dot)(const T *restrict dy, const T *restrict x, int64_t n,
-                                double m)
+/* a += dy * (x - m), by lanes. */
+static inline void F(run_dot)(const T *restrict dy, const T *restrict x, int64_t n, double m,
+                              double *restrict a)
 {
-    double a[BNC_LANES] = {0};
     int64_t i = 0;
     for (; i + BNC_LANES <= n; i += BNC_LANES)
         for (int l = 0; l < BNC_LANES; l++)
             a[l] += (double)LOAD(dy[i + l]) * ((double)LOAD(x[i + l]) - m);
     for (int l = 0; i < n; i++, l++)
         a[l] += (double)LOAD(dy[i]) * ((double)LOAD(x[i]) - m);
-    return bnc_lanes_sum(a);
 }
 
 /* ---- per-channel coefficients of the elementwise passes ---- */
@@ -127,17 +123,17 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
         const double K = F(shift_of)(k, c);
         bnc_moments_t acc = {0, 0, 0};
         for (int64_t b = b0; b < b1; b++) {
-            double s = 0, q = 0;
+            double ls[BNC_LANES] = {0}, lq[BNC_LANES] = {0};
             bnc_moments_t blk;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             for (int64_t r = r0; r < r1; r++)
-                s += F(run_sum)(xc + r * k->xs.outer + i0, i1 - i0, K);
+                F(run_sum)(xc + r * k->xs.outer + i0, i1 - i0, K, ls);
             blk.n = (double)((r1 - r0) * (i1 - i0));
-            blk.mean = s / blk.n;
+            blk.mean = bnc_lanes_sum(ls) / blk.n;
             /* deviations from K + mean: its rounding changes M2 by n * ulp(K)^2 */
             for (int64_t r = r0; r < r1; r++)
-                q += F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, K + blk.mean);
-            blk.m2 = q;
+                F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, K + blk.mean, lq);
+            blk.m2 = bnc_lanes_sum(lq);
             acc = bnc_moments_merge(acc, blk);
         }
         part[0] = acc.n;
@@ -276,14 +272,14 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
     if (!p->interleaved) {
         const T *xc = k->x + c * k->xs.channel, *dyc = k->dy + c * k->dys.channel;
         T *dxc = k->write_in_reduce ? k->out + c * k->os.channel : NULL;
-        double sdy = 0, sdyx = 0, m = (double)k->mean_in[c];
+        double ldy[BNC_LANES] = {0}, ldyx[BNC_LANES] = {0}, m = (double)k->mean_in[c];
         P scale = k->write_in_reduce ? k->ca[c] : (P)0;
         for (int64_t b = b0; b < b1; b++) {
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             for (int64_t r = r0; r < r1; r++) {
                 const T *dyr = dyc + r * k->dys.outer + i0, *xr = xc + r * k->xs.outer + i0;
-                sdy += F(run_sum)(dyr, i1 - i0, 0.0);
-                sdyx += F(run_dot)(dyr, xr, i1 - i0, m);
+                F(run_sum)(dyr, i1 - i0, 0.0, ldy);
+                F(run_dot)(dyr, xr, i1 - i0, m, ldyx);
                 if (dxc) {
                     T *dxr = dxc + r * k->os.outer + i0;
                     for (int64_t i = 0; i < i1 - i0; i++)
@@ -291,8 +287,8 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
                 }
             }
         }
-        part[0] = sdy;
-        part[1] = sdyx;
+        part[0] = bnc_lanes_sum(ldy);
+        part[1] = bnc_lanes_sum(ldyx);
     } else {
         const int64_t C = p->channels;
         double *restrict sdy = part, *restrict sdyx = part + C, *restrict md = part + 2 * C;
