@@ -16,6 +16,7 @@ See bench/README.md for what is measured and how to read the table.
 """
 
 import argparse
+import ctypes
 import datetime
 import gc
 import json
@@ -280,22 +281,54 @@ def peak_extra_bytes(fn):
 
 
 _copy_cache = {}
+_stream_lib = []  # [ctypes library] once loaded, [None] if it cannot be built
 
 
-def copy_bandwidth(nbytes, budget):
+def _stream():
+    """bench/stream.c as a shared library (built with `make -C bench libstream`)."""
+    if not _stream_lib:
+        lib = None
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(here, "build", "libbnc_stream.so")
+        try:
+            subprocess.run(["make", "-s", "-C", here, "libstream"], check=True,
+                           capture_output=True, timeout=120)
+            lib = ctypes.CDLL(path)
+            lib.bench_copy_seconds.restype = ctypes.c_double
+            lib.bench_copy_seconds.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+        except (OSError, subprocess.SubprocessError):
+            lib = None
+        _stream_lib.append(lib)
+    return _stream_lib[0]
+
+
+def copy_source():
+    return ("bench/stream.c (C, OpenMP, thr threads)" if _stream() is not None
+            else "np.copyto, SINGLE-THREADED (bench/stream.c could not be built)")
+
+
+def copy_bandwidth(nbytes, budget, threads=1):
     """STREAM-style copy bandwidth, GB/s = 2 * nbytes / best time.
 
-    np.copyto over two float32 arrays of nbytes (single-threaded).
+    bench/stream.c's copy with `threads` OpenMP threads; np.copyto
+    (single-threaded) if that library cannot be built here.
     """
-    if nbytes in _copy_cache:
-        return _copy_cache[nbytes]
-    n = max(1, nbytes // 4)
-    src = np.ones(n, dtype=np.float32)
-    dst = np.zeros(n, dtype=np.float32)   # touched: no page faults in the timing
-    stats, _ = time_calls({"copy": lambda: np.copyto(dst, src)}, 50,
-                          budget)["copy"]
-    gbs = 2 * n * 4 / (stats["min_ms"] * 1e-3) / 1e9
-    _copy_cache[nbytes] = gbs
+    key = (nbytes, threads)
+    if key in _copy_cache:
+        return _copy_cache[key]
+    lib = _stream()
+    if lib is not None:
+        repeats = int(min(50, max(5, budget / max(nbytes / 10e9, 1e-6))))
+        sec = lib.bench_copy_seconds(nbytes, threads, repeats)
+        gbs = 2 * nbytes / sec / 1e9 if sec > 0 else float("nan")
+    else:
+        n = max(1, nbytes // 4)
+        src = np.ones(n, dtype=np.float32)
+        dst = np.zeros(n, dtype=np.float32)   # touched: no page faults in the timing
+        stats, _ = time_calls({"copy": lambda: np.copyto(dst, src)}, 50,
+                              budget)["copy"]
+        gbs = 2 * n * 4 / (stats["min_ms"] * 1e-3) / 1e9
+    _copy_cache[key] = gbs
     return gbs
 
 
@@ -666,8 +699,8 @@ def print_header(info, args, with_torch):
           "outside the timing). NHWC = channels_last.")
     p(f"  GB/s: bnc bytes under the minimal-traffic model (model = bytes moved "
       f"/ x.nbytes; L2 = {info['l2_model_bytes'] // 1024} KiB) / bnc min time.")
-    p("  %copy: GB/s as a percent of a copy bandwidth at x.nbytes "
-      "(np.copyto, SINGLE-THREADED, 2*nbytes/min time; same on every thr row).")
+    p("  %copy: GB/s as a percent of a copy bandwidth at x.nbytes and thr threads "
+      f"({copy_source()}; 2*nbytes/min time).")
     p(f"  vs np{', vs torch' if with_torch else ''}: their median / bnc median "
       "(>1: bnc faster).")
     p("  mem: peak extra memory of one call (tracemalloc) in units of x.nbytes, "
@@ -681,7 +714,6 @@ def print_header(info, args, with_torch):
 def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
     tc = TorchCase(torch, case) if torch is not None else None
     l2 = args.l2_kib * 1024
-    copy_gbs = copy_bandwidth(case.nbytes, min(args.budget, 0.5))
     caselabel = f"{case.label_shape} {case.layout} {case.dtype.name}"
 
     def guarded(fn, what):
@@ -727,8 +759,9 @@ def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
                    "channel_axis": case.channel_axis,
                    "nbytes": case.nbytes, "traffic_factor": factor,
                    "model_bytes": factor * case.nbytes,
-                   "channel_footprint_bytes": case.channel_footprint(),
-                   "copy_GBs_1thread": copy_gbs}
+                   "channel_footprint_bytes": case.channel_footprint()}
+            copy_gbs = copy_bandwidth(case.nbytes, min(args.budget, 0.5), n)
+            row["copy_GBs"] = copy_gbs
             # The callables timed together (interleaved) on this row. NumPy
             # is single-threaded: timed once, with the first thread count.
             fns = {}
