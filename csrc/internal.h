@@ -155,6 +155,20 @@ static inline void bnc_block_extent(const bnc_plan_t *p, int64_t b, int64_t *r0,
 
 void bnc_plan_make(bnc_plan_t *p, bnc_dims_t d, int interleaved);
 
+/* Few interleaved channels (C <= BNC_PACK_C) in dense rows: the kernels run
+ * over a block of rows as one contiguous run, in BNC_PACK / C * C lanes that
+ * repeat the channel pattern, instead of a loop of C per row. */
+#define BNC_PACK 256
+#define BNC_PACK_C 32
+
+static inline int bnc_packable(const bnc_plan_t *p, bnc_strides_t a, bnc_strides_t b,
+                               bnc_strides_t c)
+{
+    const int64_t C = p->channels;
+    return p->interleaved && C <= BNC_PACK_C && a.outer == C && a.channel == 1 &&
+           b.outer == C && b.channel == 1 && c.outer == C && c.channel == 1;
+}
+
 /* ---- the parallel sweep every kernel is built on ---- *
  * A kernel is up to three phases over the plan's work items:
  *   reduce(item) -> partial results (`width` doubles per channel and chunk),

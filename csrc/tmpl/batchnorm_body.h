@@ -20,6 +20,7 @@ typedef struct {
     T *out; /* y or dx */
     bnc_strides_t os;
     int write_in_reduce;   /* backward with constant statistics: dx in the reduce pass */
+    int packed;            /* few interleaved channels, dense rows: see BNC_PACK */
     const P *weight, *bias, *mean_in, *invstd_in;
     double eps;
     double *mean, *var;            /* statistics (stats kernel) */
@@ -107,6 +108,106 @@ static double F(shift_of)(const F(ctx_t) *k, int64_t c)
     return (double)LOAD(k->x[c * k->xs.channel]);
 }
 
+/* Moments of rows [r0, r1) of every channel (interleaved layout), shifted by
+ * kd: bmean[c] = mean of x - kd[c], bm2[c] = sum of squared deviations. */
+BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, const double *kd,
+                            double *restrict bmean, double *restrict bm2)
+{
+    const int64_t C = k->plan.channels, so = k->xs.outer;
+    const double rows = (double)(r1 - r0);
+    int64_t r;
+    if (k->packed) {
+        /* few channels: the block is one contiguous run; lane j holds
+         * channel j % C, the lanes fold into channels in lane order */
+        const int64_t L = BNC_PACK / C * C, len = (r1 - r0) * C;
+        const T *restrict xb = k->x + r0 * so;
+        double la[BNC_PACK], e[BNC_PACK];
+        int64_t i, j;
+        for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+            for (int64_t c = 0; c < C; c++, j++) {
+                la[j] = 0;
+                e[j] = kd[c];
+            }
+        for (i = 0; i + 4 * L <= len; i += 4 * L) /* four repeats: less accumulator traffic */
+            for (j = 0; j < L; j++)
+                la[j] += (((double)LOAD(xb[i + j]) - e[j]) + ((double)LOAD(xb[i + L + j]) - e[j])) +
+                         (((double)LOAD(xb[i + 2 * L + j]) - e[j]) +
+                          ((double)LOAD(xb[i + 3 * L + j]) - e[j]));
+        for (; i + L <= len; i += L)
+            for (j = 0; j < L; j++)
+                la[j] += (double)LOAD(xb[i + j]) - e[j];
+        for (j = 0; i < len; i++, j++)
+            la[j] += (double)LOAD(xb[i]) - e[j];
+        for (int64_t ch = 0; ch < C; ch++)
+            bmean[ch] = bm2[ch] = 0;
+        for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+            for (int64_t c = 0; c < C; c++, j++)
+                bmean[c] += la[j];
+        for (int64_t ch = 0; ch < C; ch++)
+            bmean[ch] /= rows;
+        for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+            for (int64_t c = 0; c < C; c++, j++) {
+                la[j] = 0;
+                e[j] = kd[c] + bmean[c];
+            }
+        for (i = 0; i + 4 * L <= len; i += 4 * L)
+            for (j = 0; j < L; j++) {
+                double v0 = (double)LOAD(xb[i + j]) - e[j];
+                double v1 = (double)LOAD(xb[i + L + j]) - e[j];
+                double v2 = (double)LOAD(xb[i + 2 * L + j]) - e[j];
+                double v3 = (double)LOAD(xb[i + 3 * L + j]) - e[j];
+                la[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
+            }
+        for (; i + L <= len; i += L)
+            for (j = 0; j < L; j++) {
+                double v = (double)LOAD(xb[i + j]) - e[j];
+                la[j] += v * v;
+            }
+        for (j = 0; i < len; i++, j++) {
+            double v = (double)LOAD(xb[i]) - e[j];
+            la[j] += v * v;
+        }
+        for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+            for (int64_t c = 0; c < C; c++, j++)
+                bm2[c] += la[j];
+        return;
+    }
+    for (int64_t ch = 0; ch < C; ch++)
+        bmean[ch] = bm2[ch] = 0;
+    /* rows four at a time: a quarter of the accumulator traffic */
+    for (r = r0; r + 4 <= r1; r += 4) {
+        const T *restrict x0 = k->x + r * so, *restrict x1 = x0 + so;
+        const T *restrict x2 = x1 + so, *restrict x3 = x2 + so;
+        for (int64_t ch = 0; ch < C; ch++)
+            bmean[ch] += (((double)LOAD(x0[ch]) - kd[ch]) + ((double)LOAD(x1[ch]) - kd[ch])) +
+                         (((double)LOAD(x2[ch]) - kd[ch]) + ((double)LOAD(x3[ch]) - kd[ch]));
+    }
+    for (; r < r1; r++) {
+        const T *restrict xr = k->x + r * so;
+        for (int64_t ch = 0; ch < C; ch++)
+            bmean[ch] += (double)LOAD(xr[ch]) - kd[ch];
+    }
+    for (int64_t ch = 0; ch < C; ch++)
+        bmean[ch] /= rows;
+    for (r = r0; r + 4 <= r1; r += 4) {
+        const T *restrict x0 = k->x + r * so, *restrict x1 = x0 + so;
+        const T *restrict x2 = x1 + so, *restrict x3 = x2 + so;
+        for (int64_t ch = 0; ch < C; ch++) {
+            double m = kd[ch] + bmean[ch];
+            double v0 = (double)LOAD(x0[ch]) - m, v1 = (double)LOAD(x1[ch]) - m;
+            double v2 = (double)LOAD(x2[ch]) - m, v3 = (double)LOAD(x3[ch]) - m;
+            bm2[ch] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
+        }
+    }
+    for (; r < r1; r++) {
+        const T *restrict xr = k->x + r * so;
+        for (int64_t ch = 0; ch < C; ch++) {
+            double v = (double)LOAD(xr[ch]) - (kd[ch] + bmean[ch]);
+            bm2[ch] += v * v;
+        }
+    }
+}
+
 /* Slab layout: fold the blocks of chunk j of channel c into part[0..2].
  * Interleaved: chunk j of rows, every channel; part is [6][C]: n, mean, M2
  * and three rows of scratch (block mean and M2, shifts). Both reduce a block
@@ -144,48 +245,13 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
         double *restrict n = part, *restrict mean = part + C, *restrict m2 = part + 2 * C;
         double *restrict bmean = part + 3 * C, *restrict bm2 = part + 4 * C;
         double *restrict kd = part + 5 * C;
-        const int64_t so = k->xs.outer;
         for (int64_t ch = 0; ch < C; ch++)
             kd[ch] = (double)LOAD(k->x[ch]); /* the shifts: row 0 */
         for (int64_t b = b0; b < b1; b++) {
             double rows, fb, fab;
-            int64_t r;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             rows = (double)(r1 - r0);
-            for (int64_t ch = 0; ch < C; ch++)
-                bmean[ch] = bm2[ch] = 0;
-            /* rows four at a time: a quarter of the accumulator traffic */
-            for (r = r0; r + 4 <= r1; r += 4) {
-                const T *restrict x0 = k->x + r * so, *restrict x1 = x0 + so;
-                const T *restrict x2 = x1 + so, *restrict x3 = x2 + so;
-                for (int64_t ch = 0; ch < C; ch++)
-                    bmean[ch] += (((double)LOAD(x0[ch]) - kd[ch]) + ((double)LOAD(x1[ch]) - kd[ch])) +
-                                 (((double)LOAD(x2[ch]) - kd[ch]) + ((double)LOAD(x3[ch]) - kd[ch]));
-            }
-            for (; r < r1; r++) {
-                const T *restrict xr = k->x + r * so;
-                for (int64_t ch = 0; ch < C; ch++)
-                    bmean[ch] += (double)LOAD(xr[ch]) - kd[ch];
-            }
-            for (int64_t ch = 0; ch < C; ch++)
-                bmean[ch] /= rows;
-            for (r = r0; r + 4 <= r1; r += 4) {
-                const T *restrict x0 = k->x + r * so, *restrict x1 = x0 + so;
-                const T *restrict x2 = x1 + so, *restrict x3 = x2 + so;
-                for (int64_t ch = 0; ch < C; ch++) {
-                    double m = kd[ch] + bmean[ch];
-                    double v0 = (double)LOAD(x0[ch]) - m, v1 = (double)LOAD(x1[ch]) - m;
-                    double v2 = (double)LOAD(x2[ch]) - m, v3 = (double)LOAD(x3[ch]) - m;
-                    bm2[ch] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
-                }
-            }
-            for (; r < r1; r++) {
-                const T *restrict xr = k->x + r * so;
-                for (int64_t ch = 0; ch < C; ch++) {
-                    double v = (double)LOAD(xr[ch]) - (kd[ch] + bmean[ch]);
-                    bm2[ch] += v * v;
-                }
-            }
+            F(rows_moments)(k, r0, r1, kd, bmean, bm2);
             if (b == b0) {
                 for (int64_t ch = 0; ch < C; ch++) {
                     n[ch] = rows;
@@ -261,6 +327,63 @@ static void F(finalize_moments)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t 
 
 /* ---- phase 1 of the backward: sum(dy), sum(dy * (x - mean)) ---- */
 
+/* The interleaved backward reduction for few channels with dense rows: rows
+ * [r0, r1) as one run, lane j holding channel j % C (folded in lane order),
+ * one accumulator per loop; with write_in_reduce also dx = dy * ca. */
+BNC_HOT static void F(packed_grad)(const F(ctx_t) *k, int64_t r0, int64_t r1, const double *md,
+                           double *restrict sdy, double *restrict sdyx)
+{
+    const int64_t C = k->plan.channels, L = BNC_PACK / C * C, len = (r1 - r0) * C;
+    const T *restrict xb = k->x + r0 * C, *restrict gb = k->dy + r0 * C;
+    double la[BNC_PACK], e[BNC_PACK];
+    int64_t i, j;
+    for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+        for (int64_t c = 0; c < C; c++, j++) {
+            la[j] = 0;
+            e[j] = md[c];
+        }
+    for (i = 0; i + 4 * L <= len; i += 4 * L)
+        for (j = 0; j < L; j++)
+            la[j] += ((double)LOAD(gb[i + j]) + (double)LOAD(gb[i + L + j])) +
+                     ((double)LOAD(gb[i + 2 * L + j]) + (double)LOAD(gb[i + 3 * L + j]));
+    for (; i + L <= len; i += L)
+        for (j = 0; j < L; j++)
+            la[j] += (double)LOAD(gb[i + j]);
+    for (j = 0; i < len; i++, j++)
+        la[j] += (double)LOAD(gb[i]);
+    for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+        for (int64_t c = 0; c < C; c++, j++) {
+            sdy[c] += la[j];
+            la[j] = 0;
+        }
+    for (i = 0; i + 4 * L <= len; i += 4 * L)
+        for (j = 0; j < L; j++)
+            la[j] += ((double)LOAD(gb[i + j]) * ((double)LOAD(xb[i + j]) - e[j]) +
+                      (double)LOAD(gb[i + L + j]) * ((double)LOAD(xb[i + L + j]) - e[j])) +
+                     ((double)LOAD(gb[i + 2 * L + j]) * ((double)LOAD(xb[i + 2 * L + j]) - e[j]) +
+                      (double)LOAD(gb[i + 3 * L + j]) * ((double)LOAD(xb[i + 3 * L + j]) - e[j]));
+    for (; i + L <= len; i += L)
+        for (j = 0; j < L; j++)
+            la[j] += (double)LOAD(gb[i + j]) * ((double)LOAD(xb[i + j]) - e[j]);
+    for (j = 0; i < len; i++, j++)
+        la[j] += (double)LOAD(gb[i]) * ((double)LOAD(xb[i]) - e[j]);
+    for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+        for (int64_t c = 0; c < C; c++, j++)
+            sdyx[c] += la[j];
+    if (k->write_in_reduce) {
+        T *restrict db = k->out + r0 * C;
+        P ea[BNC_PACK];
+        for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+            for (int64_t c = 0; c < C; c++, j++)
+                ea[j] = k->ca[c];
+        for (i = 0; i + L <= len; i += L)
+            for (j = 0; j < L; j++)
+                db[i + j] = STORE(LOAD(gb[i + j]) * ea[j]);
+        for (j = 0; i < len; i++, j++)
+            db[i] = STORE(LOAD(gb[i]) * ea[j]);
+    }
+}
+
 /* Slab: part[0..1] for (c, j). Interleaved: part is [3][C] (sums, mean).
  * With write_in_reduce, dx = dy * ca is written in the same pass. */
 BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *part)
@@ -300,6 +423,10 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
         }
         r0 = b0 * p->rows;
         r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
+        if (k->packed) {
+            F(packed_grad)(k, r0, r1, md, sdy, sdyx);
+            return;
+        }
         for (r = r0; r + 4 <= r1; r += 4) { /* rows four at a time */
             const T *restrict x0 = k->x + r * xo, *restrict g0 = k->dy + r * go;
             const T *restrict x1 = x0 + xo, *restrict g1 = g0 + go;
@@ -365,6 +492,15 @@ static void F(finalize_grad)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t p)
 
 /* ---- phase 3: the elementwise passes ---- */
 
+/* y[c] = ((x[c] - m[c]) - ml[c]) * a[c] + s[c] for c in [0, n). x and y may
+ * be the same array. */
+static inline void F(norm_row)(const T *x, T *y, int64_t n, const P *restrict m,
+                               const P *restrict ml, const P *restrict a, const P *restrict s)
+{
+    for (int64_t c = 0; c < n; c++)
+        y[c] = STORE(((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]);
+}
+
 /* Forward: y = ((x - cm) - cl) * ca + cb over a span (see bnc_sweep_t). */
 BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
                                   int64_t r1, int64_t i0, int64_t i1)
@@ -373,12 +509,30 @@ BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0
     const P *restrict m = k->cm, *restrict ml = k->cl, *restrict a = k->ca,
             *restrict s = k->cb;
     const int64_t yc = k->os.channel;
+    if (k->packed && c0 == 0 && c1 == k->plan.channels) {
+        /* few channels, whole dense rows: one run, coefficients repeated */
+        const int64_t C = c1, L = BNC_PACK / C * C, len = (r1 - r0) * C;
+        const T *xb = k->x + r0 * C;
+        T *yb = k->out + r0 * C;
+        P em[BNC_PACK], eml[BNC_PACK], ea[BNC_PACK], es[BNC_PACK];
+        int64_t i;
+        for (int64_t j = 0; j < L;) /* lane j = q * C + c holds channel c */
+            for (int64_t c = 0; c < C; c++, j++) {
+                em[j] = m[c];
+                eml[j] = ml[c];
+                ea[j] = a[c];
+                es[j] = s[c];
+            }
+        for (i = 0; i + L <= len; i += L)
+            F(norm_row)(xb + i, yb + i, L, em, eml, ea, es);
+        F(norm_row)(xb + i, yb + i, len - i, em, eml, ea, es);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const T *xr = k->x + r * k->xs.outer;
         T *yr = k->out + r * k->os.outer;
         if (k->plan.interleaved && yc == 1) /* x and y may be the same array */
-            for (int64_t c = c0; c < c1; c++)
-                yr[c] = STORE(((LOAD(xr[c]) - m[c]) - ml[c]) * a[c] + s[c]);
+            F(norm_row)(xr + c0, yr + c0, c1 - c0, m + c0, ml + c0, a + c0, s + c0);
         else if (k->plan.interleaved)
             for (int64_t c = c0; c < c1; c++)
                 yr[c * yc] = STORE(((LOAD(xr[c]) - m[c]) - ml[c]) * a[c] + s[c]);
@@ -402,6 +556,27 @@ BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0
     const P *restrict m = k->cm, *restrict a = k->ca, *restrict g = k->cg,
             *restrict s = k->cb;
     const int64_t dc = k->os.channel;
+    if (k->packed && c0 == 0 && c1 == k->plan.channels) {
+        /* few channels, whole dense rows: one run, coefficients repeated */
+        const int64_t C = c1, L = BNC_PACK / C * C, len = (r1 - r0) * C;
+        const T *restrict xb = k->x + r0 * C, *restrict gb = k->dy + r0 * C;
+        T *restrict db = k->out + r0 * C;
+        P em[BNC_PACK], ea[BNC_PACK], eg[BNC_PACK], es[BNC_PACK];
+        int64_t i, j;
+        for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
+            for (int64_t c = 0; c < C; c++, j++) {
+                em[j] = m[c];
+                ea[j] = a[c];
+                eg[j] = g[c];
+                es[j] = s[c];
+            }
+        for (i = 0; i + L <= len; i += L)
+            for (j = 0; j < L; j++)
+                db[i + j] = STORE(((LOAD(gb[i + j]) - ea[j]) - (LOAD(xb[i + j]) - em[j]) * eg[j]) * es[j]);
+        for (j = 0; i < len; i++, j++)
+            db[i] = STORE(((LOAD(gb[i]) - ea[j]) - (LOAD(xb[i]) - em[j]) * eg[j]) * es[j]);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const T *restrict xr = k->x + r * k->xs.outer;
         const T *restrict dyr = k->dy + r * k->dys.outer;
@@ -466,6 +641,7 @@ int F(bnc_batchnorm_stats)(bnc_dims_t d, const T *x, bnc_strides_t xs, double *m
     if (!x || !mean || !var)
         return BNC_ERR_NULL;
     bnc_plan_make(&k.plan, d, d.inner == 1 && xs.channel == 1);
+    k.packed = bnc_packable(&k.plan, xs, xs, xs);
     k.x = x;
     k.xs = xs;
     k.mean = mean;
@@ -491,6 +667,7 @@ int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.xs = xs;
     k.out = y;
     k.os = ys;
+    k.packed = bnc_packable(&k.plan, xs, xs, ys);
     k.weight = weight;
     k.bias = bias;
     k.eps = eps;
@@ -523,6 +700,7 @@ int F(bnc_batchnorm_fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.xs = xs;
     k.out = y;
     k.os = ys;
+    k.packed = bnc_packable(&k.plan, xs, xs, ys);
     if ((st = F(coef_alloc)(&k, 4)))
         return st;
     k.weight = weight;
@@ -545,6 +723,7 @@ static int F(grad_setup)(F(ctx_t) *k, bnc_dims_t d, const T *dy, bnc_strides_t d
     if (!dy || !x || !mean || !invstd)
         return BNC_ERR_NULL;
     bnc_plan_make(&k->plan, d, d.inner == 1 && xs.channel == 1 && dys.channel == 1);
+    k->packed = bnc_packable(&k->plan, xs, dys, dys);
     k->dy = dy;
     k->dys = dys;
     k->x = x;
@@ -568,6 +747,7 @@ static int F(bwd)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys, const
     k.weight = weight;
     k.out = dx;
     k.os = dxs;
+    k.packed = k.packed && (!dx || bnc_packable(&k.plan, xs, dys, dxs));
     k.dweight = dweight;
     k.dbias = dbias;
     if (dx && (st = F(coef_alloc)(&k, train ? 5 : 1)))
@@ -633,6 +813,7 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
         return BNC_ERR_COUNT;
     k.out = dx;
     k.os = dxs;
+    k.packed = k.packed && bnc_packable(&k.plan, xs, dys, dxs);
     k.weight = weight;
     if ((st = F(coef_alloc)(&k, 5)))
         return st;
