@@ -242,6 +242,7 @@ cdef class _Layout:
     cdef public int axis
     cdef public tuple outer_axes, inner_axes, extra
     cdef bnc_dims_t d
+    cdef bint contig  # x is C-contiguous: the common case, checked first
 
     def __init__(self, x, int axis, tuple extra=()):
         cdef cnp.ndarray a = x
@@ -251,6 +252,24 @@ cdef class _Layout:
         cdef int order[64]
         cdef Py_ssize_t ckey
         C = shape[axis]
+        self.contig = not extra and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+        if self.contig:
+            self.axis = axis
+            self.extra = extra
+            self.d.channels = C
+            self.d.outer = 1
+            for i in range(axis):
+                self.d.outer *= shape[i]
+            self.d.inner = 1
+            for i in range(axis + 1, nd):
+                self.d.inner *= shape[i]
+            if C == 1:  # one channel: every other axis inner
+                self.outer_axes = ()
+                self.inner_axes = tuple([i for i in range(nd) if i != axis and shape[i] > 1])
+            else:
+                self.outer_axes = tuple([i for i in range(axis) if shape[i] > 1])
+                self.inner_axes = tuple([i for i in range(axis + 1, nd) if shape[i] > 1])
+            return
         ckey = -1 if C == 1 else abs(st[axis])  # one channel: every other axis inner
         for i in range(nd):  # non-channel axes of size > 1, by |stride| descending
             if i == axis or shape[i] == 1 or i in extra:
@@ -277,6 +296,11 @@ cdef class _Layout:
         """Byte offsets of arr's pieces (int64 array) with its element strides
         in *s, or None if arr does not fit this layout."""
         cdef Py_ssize_t isz = arr.itemsize
+        cdef cnp.ndarray a = arr
+        if self.contig and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a):
+            s.outer = self.d.channels * self.d.inner
+            s.channel = self.d.inner
+            return _ONE_PIECE
         if not arr.flags.aligned:
             return None
         shape, st = arr.shape, arr.strides
