@@ -296,8 +296,9 @@ cdef class _Layout:
         """Byte offsets of arr's pieces (int64 array) with its element strides
         in *s, or None if arr does not fit this layout."""
         cdef Py_ssize_t isz = arr.itemsize
-        cdef cnp.ndarray a = arr
-        if self.contig and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a):
+        cdef cnp.ndarray arr_nd = arr
+        if (self.contig and cnp.PyArray_IS_C_CONTIGUOUS(arr_nd)
+                and cnp.PyArray_ISALIGNED(arr_nd)):
             s.outer = self.d.channels * self.d.inner
             s.channel = self.d.inner
             return _ONE_PIECE
