@@ -75,6 +75,15 @@ static inline void F(run_dot)(const T *restrict dy, const T *restrict x, int64_t
         a[l] += (double)LOAD(dy[i]) * ((double)LOAD(x[i]) - m);
 }
 
+/* dst[j] = src[j % C] for j < L (L a multiple of C): per-channel values
+ * repeated along a packed run. */
+static inline void F(repeat)(P *restrict dst, const P *restrict src, int64_t C, int64_t L)
+{
+    for (int64_t j = 0; j < L;)
+        for (int64_t c = 0; c < C; c++, j++)
+            dst[j] = src[c];
+}
+
 /* ---- per-channel coefficients of the elementwise passes ---- */
 
 /* Normalizing pass: y = ((x - cm) - cl) * ca + cb. The mean is split into a
@@ -373,9 +382,7 @@ BNC_HOT static void F(packed_grad)(const F(ctx_t) *k, int64_t r0, int64_t r1, co
     if (k->write_in_reduce) {
         T *restrict db = k->out + r0 * C;
         P ea[BNC_PACK];
-        for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
-            for (int64_t c = 0; c < C; c++, j++)
-                ea[j] = k->ca[c];
+        F(repeat)(ea, k->ca, C, L);
         for (i = 0; i + L <= len; i += L)
             for (j = 0; j < L; j++)
                 db[i + j] = STORE(LOAD(gb[i + j]) * ea[j]);
@@ -516,13 +523,10 @@ BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0
         T *yb = k->out + r0 * C;
         P em[BNC_PACK], eml[BNC_PACK], ea[BNC_PACK], es[BNC_PACK];
         int64_t i;
-        for (int64_t j = 0; j < L;) /* lane j = q * C + c holds channel c */
-            for (int64_t c = 0; c < C; c++, j++) {
-                em[j] = m[c];
-                eml[j] = ml[c];
-                ea[j] = a[c];
-                es[j] = s[c];
-            }
+        F(repeat)(em, m, C, L);
+        F(repeat)(eml, ml, C, L);
+        F(repeat)(ea, a, C, L);
+        F(repeat)(es, s, C, L);
         for (i = 0; i + L <= len; i += L)
             F(norm_row)(xb + i, yb + i, L, em, eml, ea, es);
         F(norm_row)(xb + i, yb + i, len - i, em, eml, ea, es);
@@ -563,13 +567,10 @@ BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0
         T *restrict db = k->out + r0 * C;
         P em[BNC_PACK], ea[BNC_PACK], eg[BNC_PACK], es[BNC_PACK];
         int64_t i, j;
-        for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
-            for (int64_t c = 0; c < C; c++, j++) {
-                em[j] = m[c];
-                ea[j] = a[c];
-                eg[j] = g[c];
-                es[j] = s[c];
-            }
+        F(repeat)(em, m, C, L);
+        F(repeat)(ea, a, C, L);
+        F(repeat)(eg, g, C, L);
+        F(repeat)(es, s, C, L);
         for (i = 0; i + L <= len; i += L)
             for (j = 0; j < L; j++)
                 db[i + j] = STORE(((LOAD(gb[i + j]) - ea[j]) - (LOAD(xb[i + j]) - em[j]) * eg[j]) * es[j]);
