@@ -6,6 +6,7 @@
 #define T float
 #define P float
 #define SFX f32
+#define STAGED 0
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #include "tmpl/batchnorm_body.h"
@@ -13,6 +14,7 @@
 #define T double
 #define P double
 #define SFX f64
+#define STAGED 0
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #include "tmpl/batchnorm_body.h"
@@ -20,6 +22,7 @@
 #define T bnc_f16_t
 #define P float
 #define SFX f16
+#define STAGED 1 /* runs converted to float in chunks */
 #define LOAD(v) bnc_half_to_float(v)
 #define STORE(v) bnc_float_to_half(v)
 #include "tmpl/batchnorm_body.h"

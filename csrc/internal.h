@@ -89,6 +89,11 @@ static inline bnc_f16_t bnc_float_to_half(float f)
                        (normal & is_normal & ~is_inf) | (sub & ~is_normal) | sign);
 }
 
+/* Converts n float16 values to float32 and back (round to nearest even),
+ * with F16C's vector instructions where the CPU has them; exact either way. */
+void bnc_f16_load(float *dst, const bnc_f16_t *src, int64_t n);
+void bnc_f16_store(bnc_f16_t *dst, const float *src, int64_t n);
+
 /* ---- per-channel moments, merged with Chan et al.'s formula ---- */
 
 typedef struct bnc_moments {

@@ -496,6 +496,41 @@ static void test_f16_conversion(void)
 #endif
 }
 
+/* The bulk conversions (F16C where the CPU has it) equal the scalar ones. */
+void bnc_f16_load(float *dst, const bnc_f16_t *src, int64_t n);
+void bnc_f16_store(bnc_f16_t *dst, const float *src, int64_t n);
+
+static void test_f16_bulk_conversion(void)
+{
+    static bnc_f16_t h[65536 + 5], back[65536 + 5];
+    static float f[65536 + 5];
+    int bad = 0;
+    for (uint32_t i = 0; i < 65536; i++)
+        h[i] = (bnc_f16_t)i;
+    bnc_f16_load(f, h, 65536); /* every bit pattern */
+    for (uint32_t i = 0; i < 65536; i++) {
+        float g = bnc_f16_to_f32(h[i]);
+        bad += isnan(g) ? !isnan(f[i]) : memcmp(&g, &f[i], sizeof g) != 0;
+    }
+    CHECK(bad == 0, "bulk float16 load differs from the scalar one for %d values", bad);
+    bad = 0;
+    for (int k = 0; k < 65536 + 5; k++) { /* odd length: vector body and tail */
+        uint32_t u;
+        rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+        u = (uint32_t)(rng_state >> 32);
+        memcpy(&f[k], &u, sizeof u);
+    }
+    bnc_f16_store(back, f, 65536 + 5);
+    for (int k = 0; k < 65536 + 5; k++) {
+        bnc_f16_t want = bnc_f32_to_f16(f[k]);
+        if (isnan(f[k]))
+            bad += !((back[k] & 0x7c00) == 0x7c00 && (back[k] & 0x3ff));
+        else
+            bad += back[k] != want;
+    }
+    CHECK(bad == 0, "bulk float16 store differs from the scalar one for %d values", bad);
+}
+
 static void test_errors(void)
 {
     float x[8] = {0}, y[8], m[2], v[2];
@@ -557,6 +592,7 @@ int main(void)
     };
     const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
     test_f16_conversion();
+    test_f16_bulk_conversion();
     test_errors();
     test_numerics();
     for (int si = 0; si < nshapes; si++)

@@ -37,43 +37,169 @@ typedef struct {
  * accumulators in one loop stay scalar). The lanes fix the summation order
  * whatever the vector width, and are many enough to hide the add latency. */
 
+/* The run kernels below work on P values. For float16 (STAGED), runs are
+ * converted to float in chunks of BNC_STAGE elements (a multiple of the
+ * lanes, so the lane of every element is unchanged) with the hardware's
+ * conversion where it has one; for float32/float64, T is P and runs are read
+ * in place. */
+
 /* a += x - K, by lanes. */
-static inline void F(run_sum)(const T *restrict x, int64_t n, double K, double *restrict a)
+static inline void F(sum_p)(const P *restrict x, int64_t n, double K, double *restrict a)
 {
     int64_t i = 0;
     for (; i + BNC_LANES <= n; i += BNC_LANES)
         for (int l = 0; l < BNC_LANES; l++)
-            a[l] += (double)LOAD(x[i + l]) - K;
+            a[l] += (double)x[i + l] - K;
     for (int l = 0; i < n; i++, l++)
-        a[l] += (double)LOAD(x[i]) - K;
+        a[l] += (double)x[i] - K;
 }
 
 /* a += (x - m)^2, by lanes. */
-static inline void F(run_sqdev)(const T *restrict x, int64_t n, double m, double *restrict a)
+static inline void F(sqdev_p)(const P *restrict x, int64_t n, double m, double *restrict a)
 {
     int64_t i = 0;
     for (; i + BNC_LANES <= n; i += BNC_LANES)
         for (int l = 0; l < BNC_LANES; l++) {
-            double v = (double)LOAD(x[i + l]) - m;
+            double v = (double)x[i + l] - m;
             a[l] += v * v;
         }
     for (int l = 0; i < n; i++, l++) {
-        double v = (double)LOAD(x[i]) - m;
+        double v = (double)x[i] - m;
         a[l] += v * v;
     }
 }
 
 /* a += dy * (x - m), by lanes. */
-static inline void F(run_dot)(const T *restrict dy, const T *restrict x, int64_t n, double m,
-                              double *restrict a)
+static inline void F(dot_p)(const P *restrict dy, const P *restrict x, int64_t n, double m,
+                            double *restrict a)
 {
     int64_t i = 0;
     for (; i + BNC_LANES <= n; i += BNC_LANES)
         for (int l = 0; l < BNC_LANES; l++)
-            a[l] += (double)LOAD(dy[i + l]) * ((double)LOAD(x[i + l]) - m);
+            a[l] += (double)dy[i + l] * ((double)x[i + l] - m);
     for (int l = 0; i < n; i++, l++)
-        a[l] += (double)LOAD(dy[i]) * ((double)LOAD(x[i]) - m);
+        a[l] += (double)dy[i] * ((double)x[i] - m);
 }
+
+/* y = ((x - m) - ml) * a + s; x and y may be the same array. */
+static inline void F(norm_p)(const P *x, P *y, int64_t n, P m, P ml, P a, P s)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = ((x[i] - m) - ml) * a + s;
+}
+
+/* dx = ((dy - a) - (x - m) * g) * s. */
+static inline void F(grad_p)(const P *restrict dy, const P *restrict x, P *restrict dx,
+                             int64_t n, P m, P a, P g, P s)
+{
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = ((dy[i] - a) - (x[i] - m) * g) * s;
+}
+
+/* dx = dy * a. */
+static inline void F(scale_p)(const P *restrict dy, P *restrict dx, int64_t n, P a)
+{
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = dy[i] * a;
+}
+
+#if STAGED
+#ifndef BNC_STAGE
+#define BNC_STAGE 512
+#endif
+
+static inline void F(run_sum)(const T *x, int64_t n, double K, double *a)
+{
+    P b[BNC_STAGE];
+    for (int64_t o = 0; o < n; o += BNC_STAGE) {
+        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+        bnc_f16_load(b, x + o, m);
+        F(sum_p)(b, m, K, a);
+    }
+}
+
+static inline void F(run_sqdev)(const T *x, int64_t n, double mu, double *a)
+{
+    P b[BNC_STAGE];
+    for (int64_t o = 0; o < n; o += BNC_STAGE) {
+        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+        bnc_f16_load(b, x + o, m);
+        F(sqdev_p)(b, m, mu, a);
+    }
+}
+
+static inline void F(run_dot)(const T *dy, const T *x, int64_t n, double mu, double *a)
+{
+    P b[BNC_STAGE], c[BNC_STAGE];
+    for (int64_t o = 0; o < n; o += BNC_STAGE) {
+        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+        bnc_f16_load(b, dy + o, m);
+        bnc_f16_load(c, x + o, m);
+        F(dot_p)(b, c, m, mu, a);
+    }
+}
+
+static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P ml, P a, P s)
+{
+    P b[BNC_STAGE];
+    for (int64_t o = 0; o < n; o += BNC_STAGE) {
+        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+        bnc_f16_load(b, x + o, m);
+        F(norm_p)(b, b, m, mu, ml, a, s);
+        bnc_f16_store(y + o, b, m);
+    }
+}
+
+static inline void F(run_grad)(const T *dy, const T *x, T *dx, int64_t n, P mu, P a, P g,
+                               P s)
+{
+    P b[BNC_STAGE], c[BNC_STAGE], e[BNC_STAGE];
+    for (int64_t o = 0; o < n; o += BNC_STAGE) {
+        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+        bnc_f16_load(b, dy + o, m);
+        bnc_f16_load(c, x + o, m);
+        F(grad_p)(b, c, e, m, mu, a, g, s);
+        bnc_f16_store(dx + o, e, m);
+    }
+}
+
+static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
+{
+    P b[BNC_STAGE], c[BNC_STAGE];
+    for (int64_t o = 0; o < n; o += BNC_STAGE) {
+        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+        bnc_f16_load(b, dy + o, m);
+        F(scale_p)(b, c, m, a);
+        bnc_f16_store(dx + o, c, m);
+    }
+}
+#else
+static inline void F(run_sum)(const T *x, int64_t n, double K, double *a)
+{
+    F(sum_p)(x, n, K, a);
+}
+static inline void F(run_sqdev)(const T *x, int64_t n, double mu, double *a)
+{
+    F(sqdev_p)(x, n, mu, a);
+}
+static inline void F(run_dot)(const T *dy, const T *x, int64_t n, double mu, double *a)
+{
+    F(dot_p)(dy, x, n, mu, a);
+}
+static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P ml, P a, P s)
+{
+    F(norm_p)(x, y, n, mu, ml, a, s);
+}
+static inline void F(run_grad)(const T *dy, const T *x, T *dx, int64_t n, P mu, P a, P g,
+                               P s)
+{
+    F(grad_p)(dy, x, dx, n, mu, a, g, s);
+}
+static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
+{
+    F(scale_p)(dy, dx, n, a);
+}
+#endif
 
 /* dst[j] = src[j % C] for j < L (L a multiple of C): per-channel values
  * repeated along a packed run. */
@@ -410,11 +536,8 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
                 const T *dyr = dyc + r * k->dys.outer + i0, *xr = xc + r * k->xs.outer + i0;
                 F(run_sum)(dyr, i1 - i0, 0.0, ldy);
                 F(run_dot)(dyr, xr, i1 - i0, m, ldyx);
-                if (dxc) {
-                    T *dxr = dxc + r * k->os.outer + i0;
-                    for (int64_t i = 0; i < i1 - i0; i++)
-                        dxr[i] = STORE(LOAD(dyr[i]) * scale);
-                }
+                if (dxc)
+                    F(run_scale)(dyr, dxc + r * k->os.outer + i0, i1 - i0, scale);
             }
         }
         part[0] = bnc_lanes_sum(ldy);
@@ -541,13 +664,9 @@ BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0
             for (int64_t c = c0; c < c1; c++)
                 yr[c * yc] = STORE(((LOAD(xr[c]) - m[c]) - ml[c]) * a[c] + s[c]);
         else
-            for (int64_t c = c0; c < c1; c++) {
-                const T *xc = xr + c * k->xs.channel;
-                T *ycn = yr + c * yc;
-                const P mc = m[c], mlc = ml[c], ac = a[c], sc = s[c];
-                for (int64_t i = i0; i < i1; i++)
-                    ycn[i] = STORE(((LOAD(xc[i]) - mc) - mlc) * ac + sc);
-            }
+            for (int64_t c = c0; c < c1; c++)
+                F(run_norm)(xr + c * k->xs.channel + i0, yr + c * yc + i0, i1 - i0, m[c],
+                            ml[c], a[c], s[c]);
     }
 }
 
@@ -586,14 +705,9 @@ BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0
             for (int64_t c = c0; c < c1; c++)
                 dxr[c * dc] = STORE(((LOAD(dyr[c]) - a[c]) - (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
         else
-            for (int64_t c = c0; c < c1; c++) {
-                const T *restrict xc = xr + c * k->xs.channel;
-                const T *restrict dyc = dyr + c * k->dys.channel;
-                T *restrict dxc = dxr + c * dc;
-                const P mc = m[c], ac = a[c], gc = g[c], sc = s[c];
-                for (int64_t i = i0; i < i1; i++)
-                    dxc[i] = STORE(((LOAD(dyc[i]) - ac) - (LOAD(xc[i]) - mc) * gc) * sc);
-            }
+            for (int64_t c = c0; c < c1; c++)
+                F(run_grad)(dyr + c * k->dys.channel + i0, xr + c * k->xs.channel + i0,
+                            dxr + c * dc + i0, i1 - i0, m[c], a[c], g[c], s[c]);
     }
 }
 
@@ -831,3 +945,4 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
 #undef SFX
 #undef LOAD
 #undef STORE
+#undef STAGED
