@@ -30,9 +30,18 @@
 #else
 #define BNC_HOT
 #endif
+#define BNC_NOINLINE __attribute__((noinline))
 
-/* Lanes of the contiguous reductions, and their fixed pairwise fold. */
+/* The most lanes of any dtype's contiguous reductions (float: 8 x 4), and
+ * their fixed pairwise fold (unused lanes hold zeros). */
 #define BNC_LANES 32
+
+/* Elements a lane sums in working precision before adding to its double. */
+#define BNC_SUB 256
+
+/* Bytes per vector of the contiguous reductions (see batchnorm_body.h):
+ * one AVX register; the no-AVX build splits each into two. */
+#define BNC_VEC_BYTES 32
 
 static inline double bnc_lanes_sum(double *a)
 {

@@ -304,11 +304,15 @@ static void run_case(bnc_dims_t d, int layout, enum dtype t, double offset, int 
     /* statistics */
     ref_stats(&v, t, x, rm, rv);
     CHECK(k_stats(t, &v, x, km, kv, nt) == BNC_OK, "stats status %s", what);
-    CHECK(vec_err(km, rm, C) <= 1e-13 * (1 + fabs(offset)), "stats mean %s: %g", what,
-          vec_err(km, rm, C));
-    for (int64_t c = 0; c < C; c++)
-        CHECK(fabs(kv[c] - rv[c]) <= 1e-12 * rv[c] + 1e-300, "stats var %s c=%lld: %.17g vs %.17g",
-              what, (long long)c, kv[c], rv[c]);
+    /* blocks are reduced in working precision (float for float16/float32),
+     * merged in double: the variance within two ulps of the working precision */
+    for (int64_t c = 0; c < C; c++) {
+        double stol = t == F64 ? 1e-13 : 1e-7;
+        CHECK(fabs(km[c] - rm[c]) <= stol * (sqrt(rv[c]) + fabs(rm[c])),
+              "stats mean %s c=%lld: %.17g vs %.17g", what, (long long)c, km[c], rm[c]);
+        CHECK(fabs(kv[c] - rv[c]) <= (t == F64 ? 1e-12 : 0x1p-22) * rv[c] + 1e-300,
+              "stats var %s c=%lld: %.17g vs %.17g", what, (long long)c, kv[c], rv[c]);
+    }
 
     /* training forward */
     {
@@ -577,7 +581,8 @@ static void test_numerics(void)
         ref_stats(&vw, F32, x, rm, rv);
         bnc_batchnorm_stats_f32(d, x, s, dm, dv, 2);
         for (int c = 0; c < 3; c++)
-            CHECK(fabs(dv[c] - rv[c]) <= 1e-10 * rv[c], "offset 1e4 var %g vs %g", dv[c], rv[c]);
+            CHECK(fabs(dv[c] - rv[c]) <= 1e-7 * rv[c], "offset 1e4 var %.9g vs %.9g", dv[c],
+                  rv[c]);
     }
     free(x);
     free(y);

@@ -30,53 +30,111 @@ typedef struct {
     P *cm, *cl, *ca, *cb, *cg;     /* per-channel coefficients, see the apply passes */
 } F(ctx_t);
 
-/* ---- contiguous runs, reduced into BNC_LANES fixed lanes of double ----
- * Element i of a run goes to lane i % BNC_LANES (the tail to lanes 0, 1, ...);
- * callers fold the lanes once per block or chunk with bnc_lanes_sum. Each
- * loop keeps a single accumulator array: GCC vectorizes that form (two
- * accumulators in one loop stay scalar). The lanes fix the summation order
- * whatever the vector width, and are many enough to hide the add latency. */
+/* ---- contiguous runs, reduced into fixed lanes of double ----
+ * A run is summed in NL lanes: element i goes to lane i % NL (the tail to
+ * lanes 0, 1, ...). The lanes are four accumulators f0..f3, GNU C vectors of
+ * BNC_VEC_BYTES, named variables so that they stay in registers (an array of
+ * them would live in memory), enough of them to hide the add latency. Each
+ * lane first sums at most BNC_SUB / NL terms in working precision P, then
+ * adds that partial to its double lane: the double arithmetic is paid once
+ * per BNC_SUB elements. The lanes fix the summation order whatever the
+ * vector ISA; callers fold them once per block or chunk (bnc_lanes_sum).
+ * These loops are functions of their own: inlined into the large kernels,
+ * they lose their registers to the caller's values and spill. */
+typedef P F(vec_t) __attribute__((vector_size(BNC_VEC_BYTES)));
+typedef P F(uvec_t) __attribute__((vector_size(BNC_VEC_BYTES), aligned(sizeof(P)), may_alias));
+typedef double F(dvec_t) __attribute__((vector_size(BNC_VEC_BYTES * 8 / sizeof(P))));
+enum { F(VL) = BNC_VEC_BYTES / (int)sizeof(P), F(NL) = 4 * F(VL) };
 
-/* The run kernels below work on P values. For float16 (STAGED), runs are
- * converted to float in chunks of BNC_STAGE elements (a multiple of the
- * lanes, so the lane of every element is unchanged) with the hardware's
- * conversion where it has one; for float32/float64, T is P and runs are read
- * in place. */
-
-/* a += x - K, by lanes. */
-static inline void F(sum_p)(const P *restrict x, int64_t n, double K, double *restrict a)
+/* End of the sub-block that starts at i of a run of n: BNC_SUB elements, or
+ * the whole lane groups left before the tail. */
+static inline int64_t F(sub_end)(int64_t i, int64_t n)
 {
+    return n - i >= BNC_SUB ? i + BNC_SUB : n - (n - i) % F(NL);
+}
+
+/* The vector at p (any alignment); a[lanes] += f0..f3 (a: double lanes). */
+#define BNC_VLOAD(p) (*(const F(uvec_t) *)(p))
+#define BNC_FLUSH1(a, f)                                                      \
+    do {                                                                      \
+        F(dvec_t) d_;                                                         \
+        memcpy(&d_, (a), sizeof d_);                                          \
+        d_ += __builtin_convertvector((f), F(dvec_t));                        \
+        memcpy((a), &d_, sizeof d_);                                          \
+    } while (0)
+#define BNC_FLUSH4(a)                                                         \
+    do {                                                                      \
+        BNC_FLUSH1((a), f0);                                                  \
+        BNC_FLUSH1((a) + F(VL), f1);                                          \
+        BNC_FLUSH1((a) + 2 * F(VL), f2);                                      \
+        BNC_FLUSH1((a) + 3 * F(VL), f3);                                      \
+    } while (0)
+
+/* The reductions below work on P values; see run_* for T. */
+
+/* a += x - K, by lanes (K is a value of the data: exact in P). */
+BNC_HOT BNC_NOINLINE static void F(sum_p)(const P *restrict x, int64_t n, double K, double *restrict a)
+{
+    const P k = (P)K;
     int64_t i = 0;
-    for (; i + BNC_LANES <= n; i += BNC_LANES)
-        for (int l = 0; l < BNC_LANES; l++)
-            a[l] += (double)x[i + l] - K;
+    while (i + F(NL) <= n) {
+        F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+        for (const int64_t e = F(sub_end)(i, n); i < e; i += F(NL)) {
+            f0 += BNC_VLOAD(x + i) - k;
+            f1 += BNC_VLOAD(x + i + F(VL)) - k;
+            f2 += BNC_VLOAD(x + i + 2 * F(VL)) - k;
+            f3 += BNC_VLOAD(x + i + 3 * F(VL)) - k;
+        }
+        BNC_FLUSH4(a);
+    }
     for (int l = 0; i < n; i++, l++)
         a[l] += (double)x[i] - K;
 }
 
-/* a += (x - m)^2, by lanes. */
-static inline void F(sqdev_p)(const P *restrict x, int64_t n, double m, double *restrict a)
+/* a += ((x - K) - mu)^2, by lanes: the deviations from K + mu, where K is a
+ * value of the data and mu the block's mean of x - K (rounded to P: that
+ * moves the centre by far less than an ulp of the spread). */
+BNC_HOT BNC_NOINLINE static void F(sqdev_p)(const P *restrict x, int64_t n, double K, double mu,
+                              double *restrict a)
 {
+    const P k = (P)K, m = (P)mu;
     int64_t i = 0;
-    for (; i + BNC_LANES <= n; i += BNC_LANES)
-        for (int l = 0; l < BNC_LANES; l++) {
-            double v = (double)x[i + l] - m;
-            a[l] += v * v;
+    while (i + F(NL) <= n) {
+        F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+        for (const int64_t e = F(sub_end)(i, n); i < e; i += F(NL)) {
+            F(vec_t) v0 = (BNC_VLOAD(x + i) - k) - m;
+            F(vec_t) v1 = (BNC_VLOAD(x + i + F(VL)) - k) - m;
+            F(vec_t) v2 = (BNC_VLOAD(x + i + 2 * F(VL)) - k) - m;
+            F(vec_t) v3 = (BNC_VLOAD(x + i + 3 * F(VL)) - k) - m;
+            f0 += v0 * v0;
+            f1 += v1 * v1;
+            f2 += v2 * v2;
+            f3 += v3 * v3;
         }
-    for (int l = 0; i < n; i++, l++) {
-        double v = (double)x[i] - m;
+        BNC_FLUSH4(a);
+    }
+    for (int l = 0; i < n; i++, l++) { /* the tail: in double, as short runs are all tail */
+        double v = ((double)x[i] - K) - (double)m;
         a[l] += v * v;
     }
 }
 
-/* a += dy * (x - m), by lanes. */
-static inline void F(dot_p)(const P *restrict dy, const P *restrict x, int64_t n, double m,
+/* a += dy * (x - m), by lanes (m is a P value). */
+BNC_HOT BNC_NOINLINE static void F(dot_p)(const P *restrict dy, const P *restrict x, int64_t n, double m,
                             double *restrict a)
 {
+    const P mp = (P)m;
     int64_t i = 0;
-    for (; i + BNC_LANES <= n; i += BNC_LANES)
-        for (int l = 0; l < BNC_LANES; l++)
-            a[l] += (double)dy[i + l] * ((double)x[i + l] - m);
+    while (i + F(NL) <= n) {
+        F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+        for (const int64_t e = F(sub_end)(i, n); i < e; i += F(NL)) {
+            f0 += BNC_VLOAD(dy + i) * (BNC_VLOAD(x + i) - mp);
+            f1 += BNC_VLOAD(dy + i + F(VL)) * (BNC_VLOAD(x + i + F(VL)) - mp);
+            f2 += BNC_VLOAD(dy + i + 2 * F(VL)) * (BNC_VLOAD(x + i + 2 * F(VL)) - mp);
+            f3 += BNC_VLOAD(dy + i + 3 * F(VL)) * (BNC_VLOAD(x + i + 3 * F(VL)) - mp);
+        }
+        BNC_FLUSH4(a);
+    }
     for (int l = 0; i < n; i++, l++)
         a[l] += (double)dy[i] * ((double)x[i] - m);
 }
@@ -103,6 +161,11 @@ static inline void F(scale_p)(const P *restrict dy, P *restrict dx, int64_t n, P
         dx[i] = dy[i] * a;
 }
 
+/* The run_* functions apply the kernels above to runs of T. For float16
+ * (STAGED), runs are converted to float in chunks of BNC_STAGE elements (a
+ * multiple of BNC_SUB, so every element keeps its lane and its partial)
+ * with the hardware's conversion where it has one; for float32/float64, T
+ * is P and runs are read in place. */
 #if STAGED
 #ifndef BNC_STAGE
 #define BNC_STAGE 512
@@ -118,13 +181,13 @@ static inline void F(run_sum)(const T *x, int64_t n, double K, double *a)
     }
 }
 
-static inline void F(run_sqdev)(const T *x, int64_t n, double mu, double *a)
+static inline void F(run_sqdev)(const T *x, int64_t n, double K, double mu, double *a)
 {
     P b[BNC_STAGE];
     for (int64_t o = 0; o < n; o += BNC_STAGE) {
         int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
         bnc_f16_load(b, x + o, m);
-        F(sqdev_p)(b, m, mu, a);
+        F(sqdev_p)(b, m, K, mu, a);
     }
 }
 
@@ -178,9 +241,9 @@ static inline void F(run_sum)(const T *x, int64_t n, double K, double *a)
 {
     F(sum_p)(x, n, K, a);
 }
-static inline void F(run_sqdev)(const T *x, int64_t n, double mu, double *a)
+static inline void F(run_sqdev)(const T *x, int64_t n, double K, double mu, double *a)
 {
-    F(sqdev_p)(x, n, mu, a);
+    F(sqdev_p)(x, n, K, mu, a);
 }
 static inline void F(run_dot)(const T *dy, const T *x, int64_t n, double mu, double *a)
 {
@@ -243,10 +306,20 @@ static double F(shift_of)(const F(ctx_t) *k, int64_t c)
     return (double)LOAD(k->x[c * k->xs.channel]);
 }
 
+/* The interleaved reductions sum 4 rows, or 8 repeats of a packed run, in
+ * working precision as a fixed tree before adding to the double sums: as in
+ * the contiguous runs, the double arithmetic is paid once per 4 or 8
+ * elements. (8 rows at a time reads faster from cache but slower from
+ * memory: 16 rows of x and dy in flight confuse the prefetcher.) */
+static inline P F(tree8)(P a, P b, P c, P d, P e, P f, P g, P h)
+{
+    return ((a + b) + (c + d)) + ((e + f) + (g + h));
+}
+
 /* Moments of rows [r0, r1) of every channel (interleaved layout), shifted by
  * kd: bmean[c] = mean of x - kd[c], bm2[c] = sum of squared deviations. */
 BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, const double *kd,
-                            double *restrict bmean, double *restrict bm2)
+                                    double *restrict bmean, double *restrict bm2)
 {
     const int64_t C = k->plan.channels, so = k->xs.outer;
     const double rows = (double)(r1 - r0);
@@ -256,23 +329,24 @@ BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, c
          * channel j % C, the lanes fold into channels in lane order */
         const int64_t L = BNC_PACK / C * C, len = (r1 - r0) * C;
         const T *restrict xb = k->x + r0 * so;
-        double la[BNC_PACK], e[BNC_PACK];
+        double la[BNC_PACK];
+        P e[BNC_PACK], m[BNC_PACK];
         int64_t i, j;
         for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
             for (int64_t c = 0; c < C; c++, j++) {
                 la[j] = 0;
-                e[j] = kd[c];
+                e[j] = (P)kd[c];
             }
-        for (i = 0; i + 4 * L <= len; i += 4 * L) /* four repeats: less accumulator traffic */
-            for (j = 0; j < L; j++)
-                la[j] += (((double)LOAD(xb[i + j]) - e[j]) + ((double)LOAD(xb[i + L + j]) - e[j])) +
-                         (((double)LOAD(xb[i + 2 * L + j]) - e[j]) +
-                          ((double)LOAD(xb[i + 3 * L + j]) - e[j]));
-        for (; i + L <= len; i += L)
-            for (j = 0; j < L; j++)
-                la[j] += (double)LOAD(xb[i + j]) - e[j];
-        for (j = 0; i < len; i++, j++)
-            la[j] += (double)LOAD(xb[i]) - e[j];
+        for (i = 0; i + 8 * L <= len; i += 8 * L)
+            for (j = 0; j < L; j++) {
+                const T *q = xb + i + j;
+                la[j] += (double)F(tree8)(LOAD(q[0]) - e[j], LOAD(q[L]) - e[j],
+                                          LOAD(q[2 * L]) - e[j], LOAD(q[3 * L]) - e[j],
+                                          LOAD(q[4 * L]) - e[j], LOAD(q[5 * L]) - e[j],
+                                          LOAD(q[6 * L]) - e[j], LOAD(q[7 * L]) - e[j]);
+            }
+        for (j = 0; i < len; i++, j = j + 1 < L ? j + 1 : 0)
+            la[j] += (double)LOAD(xb[i]) - (double)e[j];
         for (int64_t ch = 0; ch < C; ch++)
             bmean[ch] = bm2[ch] = 0;
         for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
@@ -283,23 +357,20 @@ BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, c
         for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
             for (int64_t c = 0; c < C; c++, j++) {
                 la[j] = 0;
-                e[j] = kd[c] + bmean[c];
+                m[j] = (P)bmean[c];
             }
-        for (i = 0; i + 4 * L <= len; i += 4 * L)
+        for (i = 0; i + 8 * L <= len; i += 8 * L)
             for (j = 0; j < L; j++) {
-                double v0 = (double)LOAD(xb[i + j]) - e[j];
-                double v1 = (double)LOAD(xb[i + L + j]) - e[j];
-                double v2 = (double)LOAD(xb[i + 2 * L + j]) - e[j];
-                double v3 = (double)LOAD(xb[i + 3 * L + j]) - e[j];
-                la[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
+                const T *q = xb + i + j;
+                P v0 = (LOAD(q[0]) - e[j]) - m[j], v1 = (LOAD(q[L]) - e[j]) - m[j];
+                P v2 = (LOAD(q[2 * L]) - e[j]) - m[j], v3 = (LOAD(q[3 * L]) - e[j]) - m[j];
+                P v4 = (LOAD(q[4 * L]) - e[j]) - m[j], v5 = (LOAD(q[5 * L]) - e[j]) - m[j];
+                P v6 = (LOAD(q[6 * L]) - e[j]) - m[j], v7 = (LOAD(q[7 * L]) - e[j]) - m[j];
+                la[j] += (double)F(tree8)(v0 * v0, v1 * v1, v2 * v2, v3 * v3, v4 * v4, v5 * v5,
+                                          v6 * v6, v7 * v7);
             }
-        for (; i + L <= len; i += L)
-            for (j = 0; j < L; j++) {
-                double v = (double)LOAD(xb[i + j]) - e[j];
-                la[j] += v * v;
-            }
-        for (j = 0; i < len; i++, j++) {
-            double v = (double)LOAD(xb[i]) - e[j];
+        for (j = 0; i < len; i++, j = j + 1 < L ? j + 1 : 0) {
+            double v = ((double)LOAD(xb[i]) - (double)e[j]) - (double)m[j];
             la[j] += v * v;
         }
         for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
@@ -309,13 +380,14 @@ BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, c
     }
     for (int64_t ch = 0; ch < C; ch++)
         bmean[ch] = bm2[ch] = 0;
-    /* rows four at a time: a quarter of the accumulator traffic */
     for (r = r0; r + 4 <= r1; r += 4) {
-        const T *restrict x0 = k->x + r * so, *restrict x1 = x0 + so;
-        const T *restrict x2 = x1 + so, *restrict x3 = x2 + so;
-        for (int64_t ch = 0; ch < C; ch++)
-            bmean[ch] += (((double)LOAD(x0[ch]) - kd[ch]) + ((double)LOAD(x1[ch]) - kd[ch])) +
-                         (((double)LOAD(x2[ch]) - kd[ch]) + ((double)LOAD(x3[ch]) - kd[ch]));
+        const T *restrict x0 = k->x + r * so;
+        for (int64_t ch = 0; ch < C; ch++) {
+            const T *q = x0 + ch;
+            const P e = (P)kd[ch];
+            bmean[ch] += (double)(((LOAD(q[0]) - e) + (LOAD(q[so]) - e)) +
+                                  ((LOAD(q[2 * so]) - e) + (LOAD(q[3 * so]) - e)));
+        }
     }
     for (; r < r1; r++) {
         const T *restrict xr = k->x + r * so;
@@ -325,19 +397,19 @@ BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, c
     for (int64_t ch = 0; ch < C; ch++)
         bmean[ch] /= rows;
     for (r = r0; r + 4 <= r1; r += 4) {
-        const T *restrict x0 = k->x + r * so, *restrict x1 = x0 + so;
-        const T *restrict x2 = x1 + so, *restrict x3 = x2 + so;
+        const T *restrict x0 = k->x + r * so;
         for (int64_t ch = 0; ch < C; ch++) {
-            double m = kd[ch] + bmean[ch];
-            double v0 = (double)LOAD(x0[ch]) - m, v1 = (double)LOAD(x1[ch]) - m;
-            double v2 = (double)LOAD(x2[ch]) - m, v3 = (double)LOAD(x3[ch]) - m;
-            bm2[ch] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
+            const T *q = x0 + ch;
+            const P e = (P)kd[ch], m = (P)bmean[ch];
+            P v0 = (LOAD(q[0]) - e) - m, v1 = (LOAD(q[so]) - e) - m;
+            P v2 = (LOAD(q[2 * so]) - e) - m, v3 = (LOAD(q[3 * so]) - e) - m;
+            bm2[ch] += (double)((v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3));
         }
     }
     for (; r < r1; r++) {
         const T *restrict xr = k->x + r * so;
         for (int64_t ch = 0; ch < C; ch++) {
-            double v = (double)LOAD(xr[ch]) - (kd[ch] + bmean[ch]);
+            double v = ((double)LOAD(xr[ch]) - kd[ch]) - (double)(P)bmean[ch];
             bm2[ch] += v * v;
         }
     }
@@ -366,9 +438,8 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
                 F(run_sum)(xc + r * k->xs.outer + i0, i1 - i0, K, ls);
             blk.n = (double)((r1 - r0) * (i1 - i0));
             blk.mean = bnc_lanes_sum(ls) / blk.n;
-            /* deviations from K + mean: its rounding changes M2 by n * ulp(K)^2 */
             for (int64_t r = r0; r < r1; r++)
-                F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, K + blk.mean, lq);
+                F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, K, blk.mean, lq);
             blk.m2 = bnc_lanes_sum(lq);
             acc = bnc_moments_merge(acc, blk);
         }
@@ -466,42 +537,43 @@ static void F(finalize_moments)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t 
  * [r0, r1) as one run, lane j holding channel j % C (folded in lane order),
  * one accumulator per loop; with write_in_reduce also dx = dy * ca. */
 BNC_HOT static void F(packed_grad)(const F(ctx_t) *k, int64_t r0, int64_t r1, const double *md,
-                           double *restrict sdy, double *restrict sdyx)
+                                   double *restrict sdy, double *restrict sdyx)
 {
     const int64_t C = k->plan.channels, L = BNC_PACK / C * C, len = (r1 - r0) * C;
     const T *restrict xb = k->x + r0 * C, *restrict gb = k->dy + r0 * C;
-    double la[BNC_PACK], e[BNC_PACK];
+    double la[BNC_PACK];
+    P e[BNC_PACK];
     int64_t i, j;
     for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
         for (int64_t c = 0; c < C; c++, j++) {
             la[j] = 0;
-            e[j] = md[c];
+            e[j] = k->mean_in[c];
         }
-    for (i = 0; i + 4 * L <= len; i += 4 * L)
-        for (j = 0; j < L; j++)
-            la[j] += ((double)LOAD(gb[i + j]) + (double)LOAD(gb[i + L + j])) +
-                     ((double)LOAD(gb[i + 2 * L + j]) + (double)LOAD(gb[i + 3 * L + j]));
-    for (; i + L <= len; i += L)
-        for (j = 0; j < L; j++)
-            la[j] += (double)LOAD(gb[i + j]);
-    for (j = 0; i < len; i++, j++)
+    for (i = 0; i + 8 * L <= len; i += 8 * L)
+        for (j = 0; j < L; j++) {
+            const T *g = gb + i + j;
+            la[j] += (double)F(tree8)(LOAD(g[0]), LOAD(g[L]), LOAD(g[2 * L]), LOAD(g[3 * L]),
+                                      LOAD(g[4 * L]), LOAD(g[5 * L]), LOAD(g[6 * L]),
+                                      LOAD(g[7 * L]));
+        }
+    for (j = 0; i < len; i++, j = j + 1 < L ? j + 1 : 0)
         la[j] += (double)LOAD(gb[i]);
     for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
         for (int64_t c = 0; c < C; c++, j++) {
             sdy[c] += la[j];
             la[j] = 0;
         }
-    for (i = 0; i + 4 * L <= len; i += 4 * L)
-        for (j = 0; j < L; j++)
-            la[j] += ((double)LOAD(gb[i + j]) * ((double)LOAD(xb[i + j]) - e[j]) +
-                      (double)LOAD(gb[i + L + j]) * ((double)LOAD(xb[i + L + j]) - e[j])) +
-                     ((double)LOAD(gb[i + 2 * L + j]) * ((double)LOAD(xb[i + 2 * L + j]) - e[j]) +
-                      (double)LOAD(gb[i + 3 * L + j]) * ((double)LOAD(xb[i + 3 * L + j]) - e[j]));
-    for (; i + L <= len; i += L)
-        for (j = 0; j < L; j++)
-            la[j] += (double)LOAD(gb[i + j]) * ((double)LOAD(xb[i + j]) - e[j]);
-    for (j = 0; i < len; i++, j++)
-        la[j] += (double)LOAD(gb[i]) * ((double)LOAD(xb[i]) - e[j]);
+    for (i = 0; i + 8 * L <= len; i += 8 * L)
+        for (j = 0; j < L; j++) {
+            const T *g = gb + i + j, *q = xb + i + j;
+            la[j] += (double)F(tree8)(
+                LOAD(g[0]) * (LOAD(q[0]) - e[j]), LOAD(g[L]) * (LOAD(q[L]) - e[j]),
+                LOAD(g[2 * L]) * (LOAD(q[2 * L]) - e[j]), LOAD(g[3 * L]) * (LOAD(q[3 * L]) - e[j]),
+                LOAD(g[4 * L]) * (LOAD(q[4 * L]) - e[j]), LOAD(g[5 * L]) * (LOAD(q[5 * L]) - e[j]),
+                LOAD(g[6 * L]) * (LOAD(q[6 * L]) - e[j]), LOAD(g[7 * L]) * (LOAD(q[7 * L]) - e[j]));
+        }
+    for (j = 0; i < len; i++, j = j + 1 < L ? j + 1 : 0)
+        la[j] += (double)LOAD(gb[i]) * ((double)LOAD(xb[i]) - md[j % C]);
     for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
         for (int64_t c = 0; c < C; c++, j++)
             sdyx[c] += la[j];
@@ -557,17 +629,15 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
             F(packed_grad)(k, r0, r1, md, sdy, sdyx);
             return;
         }
-        for (r = r0; r + 4 <= r1; r += 4) { /* rows four at a time */
+        for (r = r0; r + 4 <= r1; r += 4) {
             const T *restrict x0 = k->x + r * xo, *restrict g0 = k->dy + r * go;
-            const T *restrict x1 = x0 + xo, *restrict g1 = g0 + go;
-            const T *restrict x2 = x1 + xo, *restrict g2 = g1 + go;
-            const T *restrict x3 = x2 + xo, *restrict g3 = g2 + go;
             for (int64_t ch = 0; ch < C; ch++) {
-                double d0 = (double)LOAD(g0[ch]), d1 = (double)LOAD(g1[ch]);
-                double d2 = (double)LOAD(g2[ch]), d3 = (double)LOAD(g3[ch]);
-                sdy[ch] += (d0 + d1) + (d2 + d3);
-                sdyx[ch] += (d0 * ((double)LOAD(x0[ch]) - md[ch]) + d1 * ((double)LOAD(x1[ch]) - md[ch])) +
-                            (d2 * ((double)LOAD(x2[ch]) - md[ch]) + d3 * ((double)LOAD(x3[ch]) - md[ch]));
+                const T *q = x0 + ch, *g = g0 + ch;
+                const P m = k->mean_in[ch];
+                sdy[ch] += (double)((LOAD(g[0]) + LOAD(g[go])) + (LOAD(g[2 * go]) + LOAD(g[3 * go])));
+                sdyx[ch] += (double)((LOAD(g[0]) * (LOAD(q[0]) - m) + LOAD(g[go]) * (LOAD(q[xo]) - m)) +
+                                     (LOAD(g[2 * go]) * (LOAD(q[2 * xo]) - m) +
+                                      LOAD(g[3 * go]) * (LOAD(q[3 * xo]) - m)));
             }
         }
         for (; r < r1; r++) {
@@ -939,6 +1009,9 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     return st;
 }
 
+#undef BNC_VLOAD
+#undef BNC_FLUSH1
+#undef BNC_FLUSH4
 #undef F
 #undef T
 #undef P
