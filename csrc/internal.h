@@ -175,6 +175,13 @@ void bnc_plan_make(bnc_plan_t *p, bnc_dims_t d, int interleaved);
 #define BNC_PACK 256
 #define BNC_PACK_C 32
 
+/* Lanes of a packed run of `rows` rows: whole repeats of the C channels,
+ * at most BNC_PACK, and no more than the run (small calls set up less). */
+static inline int64_t bnc_pack_lanes(int64_t C, int64_t rows)
+{
+    return (BNC_PACK / C < rows ? BNC_PACK / C : rows) * C;
+}
+
 static inline int bnc_packable(const bnc_plan_t *p, bnc_strides_t a, bnc_strides_t b,
                                bnc_strides_t c)
 {

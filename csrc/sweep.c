@@ -77,6 +77,50 @@ static void apply_span(const bnc_sweep_t *s, int64_t e0, int64_t e1)
     }
 }
 
+/* Thread t of nt runs its share of every phase (a static partition; the
+ * results do not depend on it). With nt == 1 it runs outside any OpenMP
+ * region: small calls never enter the OpenMP runtime. */
+static void sweep_thread(const bnc_sweep_t *s, double *parts, bnc_parts_t pv, int64_t t,
+                         int64_t nt)
+{
+    const bnc_plan_t *p = s->plan;
+    const int64_t C = p->channels, k = p->nchunks, total = p->outer * C * p->inner;
+    const int64_t items = p->interleaved ? k : C * k;
+    const int64_t slot = p->interleaved ? (int64_t)s->width * C : s->width;
+    if (s->width > 0 && !p->interleaved && (nt == 1 || C >= 4 * nt || C % nt == 0)) {
+        /* whole channels per thread: reduce, finalize, apply back to back,
+         * the second pass over a channel finds its slab still in cache */
+        for (int64_t c = C * t / nt; c < C * (t + 1) / nt; c++) {
+            for (int64_t j = 0; j < k; j++)
+                s->reduce(s->ctx, c, j, parts + c * k * slot + j * slot);
+            s->finalize(s->ctx, c, c + 1, pv);
+            if (s->apply)
+                s->apply(s->ctx, c, c + 1, 0, p->outer, 0, p->inner);
+        }
+        return;
+    }
+    /* one phase after the other: reductions over all items, then the
+     * elementwise pass in memory order, an equal span per thread */
+    if (s->width > 0) {
+        const int64_t ranges = (C + BNC_FINAL_CHANNELS - 1) / BNC_FINAL_CHANNELS;
+        for (int64_t it = items * t / nt; it < items * (t + 1) / nt; it++)
+            s->reduce(s->ctx, p->interleaved ? -1 : it / k, p->interleaved ? it : it % k,
+                      parts + it * slot);
+        if (nt > 1) {
+            BNC_OMP(barrier)
+        }
+        for (int64_t r = ranges * t / nt; r < ranges * (t + 1) / nt; r++) {
+            int64_t c0 = r * BNC_FINAL_CHANNELS;
+            s->finalize(s->ctx, c0, min64(C, c0 + BNC_FINAL_CHANNELS), pv);
+        }
+        if (nt > 1) {
+            BNC_OMP(barrier)
+        }
+    }
+    if (s->apply)
+        apply_span(s, total * t / nt, total * (t + 1) / nt);
+}
+
 int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
 {
     const bnc_plan_t *p = s->plan;
@@ -92,41 +136,14 @@ int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
             return BNC_ERR_NOMEM;
     }
     bnc_parts_t pv = {parts, p->interleaved ? 1 : k * slot, slot, p->interleaved ? C : 1};
-    if (s->width > 0 && !p->interleaved && (nt == 1 || C >= 4 * (int64_t)nt || C % nt == 0)) {
-        /* whole channels per thread: reduce, finalize, apply back to back,
-         * the second pass over a channel finds its slab still in cache */
-        BNC_OMP(parallel for schedule(static) num_threads(nt) if (nt > 1))
-        for (int64_t c = 0; c < C; c++) {
-            for (int64_t j = 0; j < k; j++)
-                s->reduce(s->ctx, c, j, parts + c * k * slot + j * slot);
-            s->finalize(s->ctx, c, c + 1, pv);
-            if (s->apply)
-                s->apply(s->ctx, c, c + 1, 0, p->outer, 0, p->inner);
-        }
-    } else {
-        /* one phase after the other: reductions over all items, then the
-         * elementwise pass in memory order, an equal span per thread */
-        const int64_t ranges = (C + BNC_FINAL_CHANNELS - 1) / BNC_FINAL_CHANNELS;
-        BNC_OMP(parallel num_threads(nt) if (nt > 1))
-        {
-            if (s->width > 0) {
-                BNC_OMP(for schedule(static))
-                for (int64_t it = 0; it < items; it++)
-                    s->reduce(s->ctx, p->interleaved ? -1 : it / k,
-                              p->interleaved ? it : it % k, parts + it * slot);
-                BNC_OMP(for schedule(static))
-                for (int64_t r = 0; r < ranges; r++) {
-                    int64_t c0 = r * BNC_FINAL_CHANNELS;
-                    s->finalize(s->ctx, c0, min64(C, c0 + BNC_FINAL_CHANNELS), pv);
-                }
-            }
-            if (s->apply) {
-                BNC_OMP(for schedule(static))
-                for (int t = 0; t < nt; t++)
-                    apply_span(s, total * t / nt, total * (t + 1) / nt);
-            }
-        }
-    }
+#ifdef _OPENMP
+    if (nt > 1) {
+        BNC_OMP(parallel num_threads(nt))
+        sweep_thread(s, parts, pv, omp_get_thread_num(), omp_get_num_threads());
+    } else
+#endif
+        sweep_thread(s, parts, pv, 0, 1);
+    (void)nt;
     free(parts);
     return BNC_OK;
 }

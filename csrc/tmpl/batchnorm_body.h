@@ -327,7 +327,7 @@ BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, c
     if (k->packed) {
         /* few channels: the block is one contiguous run; lane j holds
          * channel j % C, the lanes fold into channels in lane order */
-        const int64_t L = BNC_PACK / C * C, len = (r1 - r0) * C;
+        const int64_t L = bnc_pack_lanes(C, r1 - r0), len = (r1 - r0) * C;
         const T *restrict xb = k->x + r0 * so;
         double la[BNC_PACK];
         P e[BNC_PACK], m[BNC_PACK];
@@ -539,7 +539,7 @@ static void F(finalize_moments)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t 
 BNC_HOT static void F(packed_grad)(const F(ctx_t) *k, int64_t r0, int64_t r1, const double *md,
                                    double *restrict sdy, double *restrict sdyx)
 {
-    const int64_t C = k->plan.channels, L = BNC_PACK / C * C, len = (r1 - r0) * C;
+    const int64_t C = k->plan.channels, L = bnc_pack_lanes(C, r1 - r0), len = (r1 - r0) * C;
     const T *restrict xb = k->x + r0 * C, *restrict gb = k->dy + r0 * C;
     double la[BNC_PACK];
     P e[BNC_PACK];
@@ -711,7 +711,7 @@ BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0
     const int64_t yc = k->os.channel;
     if (k->packed && c0 == 0 && c1 == k->plan.channels) {
         /* few channels, whole dense rows: one run, coefficients repeated */
-        const int64_t C = c1, L = BNC_PACK / C * C, len = (r1 - r0) * C;
+        const int64_t C = c1, L = bnc_pack_lanes(C, r1 - r0), len = (r1 - r0) * C;
         const T *xb = k->x + r0 * C;
         T *yb = k->out + r0 * C;
         P em[BNC_PACK], eml[BNC_PACK], ea[BNC_PACK], es[BNC_PACK];
@@ -751,7 +751,7 @@ BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0
     const int64_t dc = k->os.channel;
     if (k->packed && c0 == 0 && c1 == k->plan.channels) {
         /* few channels, whole dense rows: one run, coefficients repeated */
-        const int64_t C = c1, L = BNC_PACK / C * C, len = (r1 - r0) * C;
+        const int64_t C = c1, L = bnc_pack_lanes(C, r1 - r0), len = (r1 - r0) * C;
         const T *restrict xb = k->x + r0 * C, *restrict gb = k->dy + r0 * C;
         T *restrict db = k->out + r0 * C;
         P em[BNC_PACK], ea[BNC_PACK], eg[BNC_PACK], es[BNC_PACK];
