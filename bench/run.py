@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Benchmark bnc batch norm against NumPy written the usual way and PyTorch CPU.
+"""Benchmark bnc batch norm against NumPy written the usual way, PyTorch CPU
+and ONNX Runtime inference.
 
 One process, one run: for every (op, shape, layout, dtype, threads) it prints
-the median and min time of bnc, NumPy and PyTorch (when ``import torch``
-works), bnc's effective bandwidth under the minimal-traffic model, that
+the median and min time of bnc, NumPy, PyTorch (when ``import torch`` works)
+and, for inference, ONNX Runtime (when ``import onnxruntime, onnx`` works),
+bnc's effective bandwidth under the minimal-traffic model, that
 bandwidth as a percent of a copy bandwidth measured in the same run at the
 same size, speedup ratios, and the peak extra memory of one call.
 
@@ -26,6 +28,7 @@ import platform
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import tracemalloc
 
@@ -89,6 +92,24 @@ def _import_torch(disabled):
     return torch, torch.__version__
 
 
+def _import_ort(disabled):
+    """(onnxruntime, onnx, info): the modules, or None and None with a reason."""
+    if disabled:
+        return None, None, "disabled (--no-ort)"
+    try:
+        import onnxruntime
+        import onnx
+        import onnx.helper
+        import onnx.numpy_helper  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return None, None, (f"not available ({type(e).__name__}: {e}); "
+                            "ort columns skipped")
+    if "CPUExecutionProvider" not in onnxruntime.get_available_providers():
+        return None, None, "no CPUExecutionProvider; ort columns skipped"
+    return onnxruntime, onnx, (f"{onnxruntime.__version__} "
+                               f"(onnx {onnx.__version__})")
+
+
 def _cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -148,7 +169,7 @@ def _compiler():
         return cc
 
 
-def _header(bnc, torch, torch_info, threads, args):
+def _header(bnc, torch_info, ort_info, threads, args):
     try:
         omp = bnc.openmp_enabled()
     except Exception as e:
@@ -171,6 +192,7 @@ def _header(bnc, torch, torch_info, threads, args):
         "bnc_openmp": omp,
         "bnc_default_threads": bnc_default_threads,
         "torch": torch_info,
+        "onnxruntime": ort_info,
         "compiler": _compiler(),
         "threads": threads,
         "loadavg_start": _loadavg(),
@@ -560,6 +582,118 @@ def make_torch(torch, tc, case, op):
     raise ValueError(op)
 
 
+ORT_OPSET = 15   # BatchNormalization-15: scale/B and mean/var may be float32
+                 # while X is float16, as bnc's and torch's contract has it
+
+
+class OrtCase:
+    """An in-memory ONNX model of the case's inference, and its sessions.
+
+    One BatchNormalization node (opset 15, inference mode, epsilon=EPS)
+    with scale/B/mean/var as initializers (the constants of an exported
+    model). ONNX BatchNormalization is NCHW-only, so an NHWC array is run
+    through Transpose -> BatchNormalization -> Transpose, the graph that
+    channels-last data needs in ONNX; input and output keep the array's
+    layout. A session per thread count: CPUExecutionProvider,
+    intra_op_num_threads=thr, inter_op_num_threads=1, sequential execution,
+    ORT's default graph optimizations.
+    """
+
+    def __init__(self, ort, onnx, case):
+        self.ort, self.onnx = ort, onnx
+        helper = onnx.helper
+        elem = helper.np_dtype_to_tensor_dtype(case.dtype)
+        inits = [onnx.numpy_helper.from_array(a, name) for a, name in
+                 ((case.w, "scale"), (case.b, "B"), (case.rm, "mean"),
+                  (case.rv, "var"))]
+        nhwc = case.layout == "NHWC"
+        bn_in, bn_out = ("x_nchw", "y_nchw") if nhwc else ("x", "y")
+        nodes = [helper.make_node("BatchNormalization",
+                                  [bn_in, "scale", "B", "mean", "var"], [bn_out],
+                                  epsilon=EPS, training_mode=0)]
+        if nhwc:
+            nodes = ([helper.make_node("Transpose", ["x"], [bn_in],
+                                       perm=[0, 3, 1, 2])] + nodes
+                     + [helper.make_node("Transpose", [bn_out], ["y"],
+                                         perm=[0, 2, 3, 1])])
+        shape = list(case.array_shape)
+        graph = helper.make_graph(
+            nodes, "bnc_bench_batchnorm",
+            [helper.make_tensor_value_info("x", elem, shape)],
+            [helper.make_tensor_value_info("y", elem, shape)], inits)
+        opsets = [helper.make_opsetid("", ORT_OPSET)]
+        model = helper.make_model(
+            graph, opset_imports=opsets, producer_name="bnc bench/run.py",
+            # the lowest IR version for the opset, so that onnxruntime
+            # releases older than the onnx package load it too
+            ir_version=helper.find_min_ir_version_for(opsets))
+        onnx.checker.check_model(model)
+        self.model = model.SerializeToString()
+        self.graph = [n.op_type for n in nodes]
+        self.sessions = {}
+        self.run_graph = None   # op types of the graph ORT runs (optimized)
+
+    def session(self, n):
+        if n not in self.sessions:
+            so = self.ort.SessionOptions()
+            so.intra_op_num_threads = n
+            so.inter_op_num_threads = 1
+            so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+            # ORT's pool threads spin after a call by default, taking a core
+            # from the next library of the round-robin on a small machine
+            # (measured: no faster for ORT, and slower for its NHWC graph).
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.log_severity_level = 3   # the note about saving an optimized model
+            with tempfile.TemporaryDirectory() as d:
+                # Save the graph after ORT's optimizations, to show what runs
+                # (e.g. Cast nodes ORT inserts around a kernel it lacks).
+                path = os.path.join(d, "optimized.onnx")
+                so.optimized_model_filepath = path
+                sess = self.ort.InferenceSession(
+                    self.model, so, providers=["CPUExecutionProvider"])
+                if self.run_graph is None and os.path.exists(path):
+                    self.run_graph = [n.op_type for n in
+                                      self.onnx.load(path).graph.node]
+            self.sessions[n] = sess
+        return self.sessions[n]
+
+    def mark(self):
+        """Table marker: T = transposes around the node, C = casts inserted."""
+        g = self.run_graph or self.graph
+        return ("T" if "Transpose" in g else "") + ("C" if "Cast" in g else "")
+
+
+def make_ort(ort, oc, case, op, n):
+    sess = oc.session(n)
+    if op == "infer":
+        feed = {"x": case.x}    # zero-copy: a contiguous array on the CPU
+        names = ["y"]
+        run = sess.run
+        return lambda: run(names, feed)[0]
+    if op == "infer:out":
+        # IOBinding with OrtValues over the NumPy buffers (no copies): ORT
+        # writes the result straight into the preallocated out.
+        out = np.empty_like(case.x)
+        out.fill(np.nan)
+        xv = ort.OrtValue.ortvalue_from_numpy(case.x)
+        yv = ort.OrtValue.ortvalue_from_numpy(out)
+        io = sess.io_binding()
+        io.bind_ortvalue_input("x", xv)
+        io.bind_ortvalue_output("y", yv)
+        run = sess.run_with_iobinding
+        run(io)
+        if np.isnan(out).any():
+            raise RuntimeError("onnxruntime did not write into the bound "
+                               "output array")
+
+        def f():
+            run(io)
+            return out
+        f.keep = (xv, yv)   # the bound OrtValues live as long as f
+        return f
+    raise ValueError(op)
+
+
 # --------------------------------------------------------------------------
 # checks (outside the timings)
 
@@ -628,18 +762,23 @@ def fmt_x(v):
 
 
 class Table:
-    def __init__(self, with_torch):
+    def __init__(self, with_torch, with_ort):
         self.with_torch = with_torch
+        self.with_ort = with_ort
         cols = [("op", 9, "<"), ("shape", 15, "<"), ("layout", 6, "<"),
                 ("dtype", 7, "<"), ("thr", 3, ">"),
                 ("bnc med", 8, ">"), ("min", 8, ">"),
                 ("np med", 8, ">"), ("min", 8, ">")]
         if with_torch:
             cols += [("torch med", 9, ">"), ("min", 8, ">")]
+        if with_ort:
+            cols += [("ort med", 9, ">"), ("min", 8, ">")]
         cols += [("GB/s", 6, ">"), ("model", 5, ">"), ("%copy", 6, ">"),
                  ("vs np", 7, ">")]
         if with_torch:
             cols += [("vs torch", 8, ">")]
+        if with_ort:
+            cols += [("vs ort", 7, ">")]
         cols += [("mem bnc", 7, ">"), ("mem np", 7, ">")]
         self.cols = cols
 
@@ -651,28 +790,32 @@ class Table:
         return h + "\n" + "-" * len(h)
 
     def row(self, r):
-        def lib(name):
+        def lib(name, mark=""):
             s = r[name]
             if s is None:
                 return ["-", "-"]
             if "error" in s:
                 return ["ERR", "-"]
-            return [fmt_ms(s["median_ms"]), fmt_ms(s["min_ms"])]
+            return [fmt_ms(s["median_ms"]) + mark, fmt_ms(s["min_ms"])]
         vals = [r["op"], r["shape"], r["layout"], r["dtype"], str(r["threads"])]
         vals += lib("bnc") + lib("numpy")
         if self.with_torch:
             vals += lib("torch")
+        if self.with_ort:
+            vals += lib("ort", r.get("ort_mark") or "")
         vals += ["-" if r["bnc_GBs"] is None else f"{r['bnc_GBs']:.1f}",
                  f"{r['traffic_factor']}x",
                  "-" if r["pct_copy"] is None else f"{r['pct_copy']:.0f}%",
                  fmt_ratio(r["speedup_vs_numpy"])]
         if self.with_torch:
             vals += [fmt_ratio(r["speedup_vs_torch"])]
+        if self.with_ort:
+            vals += [fmt_ratio(r["speedup_vs_ort"])]
         vals += [fmt_x(r["mem_bnc_x"]), fmt_x(r["mem_numpy_x"])]
         return self.line(vals)
 
 
-def print_header(info, args, with_torch):
+def print_header(info, args, with_torch, with_ort):
     p = print
     p("bnc batch-norm benchmark")
     p(f"  date      {info['date']}")
@@ -682,6 +825,7 @@ def print_header(info, args, with_torch):
       f"(anything near or above the core count makes thr>1 rows noisy)")
     p(f"  python    {info['python']}   numpy {info['numpy']}   "
       f"torch {info['torch']}")
+    p(f"  ort       onnxruntime {info['onnxruntime']}")
     p(f"  bnc       {info['bnc']}  openmp_enabled={info['bnc_openmp']}  "
       f"default threads={info['bnc_default_threads']}  ({info['bnc_file']})")
     p(f"  compiler  {info['compiler']} (Python's CC)")
@@ -697,12 +841,21 @@ def print_header(info, args, with_torch):
           "aten native_batch_norm.out for infer:out,")
         p("         aten native_batch_norm_backward for backward (forward "
           "outside the timing). NHWC = channels_last.")
+    if with_ort:
+        p("  ort: inference only; one BatchNormalization node (opset "
+          f"{ORT_OPSET}, constants as initializers), CPUExecutionProvider,")
+        p("       intra_op_num_threads=thr, inter_op_num_threads=1, sequential; "
+          "session.run for infer, IOBinding into out for infer:out.")
+        p("       Marks after the ort median: T = Transpose->BN->Transpose "
+          "(NHWC: ONNX BatchNormalization is NCHW-only);")
+        p("       C = ORT inserted Cast nodes around the node (no kernel for "
+          "that dtype on CPU: float16 computed as float32).")
     p(f"  GB/s: bnc bytes under the minimal-traffic model (model = bytes moved "
       f"/ x.nbytes; L2 = {info['l2_model_bytes'] // 1024} KiB) / bnc min time.")
     p("  %copy: GB/s as a percent of a copy bandwidth at x.nbytes and thr threads "
       f"({copy_source()}; 2*nbytes/min time).")
-    p(f"  vs np{', vs torch' if with_torch else ''}: their median / bnc median "
-      "(>1: bnc faster).")
+    p(f"  vs np{', vs torch' if with_torch else ''}{', vs ort' if with_ort else ''}: "
+      "their median / bnc median (>1: bnc faster).")
     p("  mem: peak extra memory of one call (tracemalloc) in units of x.nbytes, "
       "outputs included; bnc's C scratch is not seen.")
     p()
@@ -711,7 +864,8 @@ def print_header(info, args, with_torch):
 # --------------------------------------------------------------------------
 # main loop
 
-def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
+def run_case(case, ops, threads, bnc, torch, ort, args, table, records,
+             problems):
     tc = TorchCase(torch, case) if torch is not None else None
     l2 = args.l2_kib * 1024
     caselabel = f"{case.label_shape} {case.layout} {case.dtype.name}"
@@ -733,6 +887,11 @@ def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
     expanded = []
     for op in ops:
         expanded += ["infer", "infer:out"] if op == "infer" else [op]
+
+    # ONNX Runtime: inference only; the model is built once per case.
+    oc = None
+    if ort is not None and "infer" in ops:
+        oc = guarded(lambda: OrtCase(ort[0], ort[1], case), "onnx model")
 
     for op in expanded:
         factor = case.traffic_factor(op, l2)
@@ -777,6 +936,11 @@ def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
                             f"{op} torch setup")
                 if f is not None:
                     fns["torch"] = f
+            if oc is not None and op in ("infer", "infer:out"):
+                f = guarded(lambda: make_ort(ort[0], oc, case, op, n),
+                            f"{op} ort setup")
+                if f is not None:
+                    fns["ort"] = f
             if tc is not None:
                 prev = torch.get_num_threads()
                 torch.set_num_threads(n)
@@ -827,7 +991,14 @@ def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
                 else:
                     tout = [tc.to_numpy(tout)]
                 check("torch", tout, row)
-            del tout, fns, res
+
+            row["ort"], oout = res.pop("ort", (None, None))
+            if row["ort"] is not None:
+                row["ort_graph"] = oc.run_graph or oc.graph
+                row["ort_mark"] = oc.mark()
+            if oout is not None and i == 0:
+                check("ort", [oout], row)
+            del tout, oout, fns, res
 
             # derived numbers
             b = row["bnc"]
@@ -843,6 +1014,7 @@ def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
                 return o["median_ms"] / b["median_ms"]
             row["speedup_vs_numpy"] = speedup("numpy")
             row["speedup_vs_torch"] = speedup("torch")
+            row["speedup_vs_ort"] = speedup("ort")
             row["mem_bnc_bytes"] = mem_bnc
             row["mem_numpy_bytes"] = mem_np
             row["mem_bnc_x"] = None if mem_bnc is None else mem_bnc / case.nbytes
@@ -851,10 +1023,11 @@ def run_case(case, ops, threads, bnc, torch, args, table, records, problems):
             print(table.row(row), flush=True)
         del ref, bnc_first
         gc.collect()
+    del oc
     print(flush=True)
 
 
-def plot(records, path, with_torch):
+def plot(records, path, with_torch, with_ort):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -864,7 +1037,8 @@ def plot(records, path, with_torch):
               f"no chart written. pip install matplotlib to get one.",
               file=sys.stderr)
         return
-    rows = [r for r in records if r["speedup_vs_numpy"] or r["speedup_vs_torch"]]
+    rows = [r for r in records if r["speedup_vs_numpy"] or r["speedup_vs_torch"]
+            or r["speedup_vs_ort"]]
     if not rows:
         print("--plot: nothing to plot", file=sys.stderr)
         return
@@ -878,6 +1052,8 @@ def plot(records, path, with_torch):
     series = [("bnc vs numpy", "speedup_vs_numpy", "tab:blue")]
     if with_torch:
         series.append(("bnc vs torch", "speedup_vs_torch", "tab:orange"))
+    if with_ort:
+        series.append(("bnc vs ort", "speedup_vs_ort", "tab:green"))
     h = 0.8 / len(series)
     fig, axes = plt.subplots(
         1, len(threads), sharey=True, squeeze=False,
@@ -911,7 +1087,8 @@ def plot(records, path, with_torch):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        description="bnc batch norm vs NumPy (the usual code) vs PyTorch CPU.")
+        description="bnc batch norm vs NumPy (the usual code) vs PyTorch CPU "
+                    "vs ONNX Runtime (inference).")
     p.add_argument("--quick", action="store_true",
                    help="4 float32 cases and a smaller time budget (<1 min)")
     p.add_argument("--ops", default=",".join(OPS),
@@ -929,6 +1106,7 @@ def parse_args(argv):
     p.add_argument("--plot", metavar="PATH",
                    help="write a PNG bar chart of the speedups (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--no-numpy", action="store_true",
                    help="skip the NumPy baseline")
     p.add_argument("--no-check", action="store_true",
@@ -964,6 +1142,8 @@ def main(argv=None):
     args = parse_args(argv)
     bnc = _import_bnc()
     torch, torch_info = _import_torch(args.no_torch)
+    ort_mod, onnx_mod, ort_info = _import_ort(args.no_ort)
+    ort = None if ort_mod is None else (ort_mod, onnx_mod)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -972,10 +1152,11 @@ def main(argv=None):
                   "writes no chart (pip install matplotlib).", file=sys.stderr)
             args.plot = None
 
-    info = _header(bnc, torch, torch_info, args.threads, args)
+    info = _header(bnc, torch_info, ort_info, args.threads, args)
     with_torch = torch is not None
-    print_header(info, args, with_torch)
-    table = Table(with_torch)
+    with_ort = ort is not None
+    print_header(info, args, with_torch, with_ort)
+    table = Table(with_torch, with_ort)
     print(table.head(), flush=True)
 
     suite = QUICK_SUITE if args.quick else FULL_SUITE
@@ -983,7 +1164,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     for shape, layout, dtype in suite:
         case = Case(shape, layout, dtype)
-        run_case(case, args.ops, args.threads, bnc, torch, args, table,
+        run_case(case, args.ops, args.threads, bnc, torch, ort, args, table,
                  records, problems)
         del case
         gc.collect()
@@ -1000,7 +1181,7 @@ def main(argv=None):
               "abs value <= " +
               ", ".join(f"{v:g} for {k}" for k, v in TOL.items()) +
               ") and is bit-identical across thread counts, on every row.")
-    for who in ("numpy", "torch"):
+    for who in ("numpy", "torch", "ort"):
         key = who + "_rel_err"
         bad = sorted({f"{r['op']} {r['shape']} {r['layout']} {r['dtype']} "
                       f"{r[key]:.2g}" for r in records
@@ -1015,7 +1196,7 @@ def main(argv=None):
                        "problems": problems, "results": records}, f, indent=1)
         print(f"raw results written to {args.json}", file=sys.stderr)
     if args.plot:
-        plot(records, args.plot, with_torch)
+        plot(records, args.plot, with_torch, with_ort)
     return 1 if any("Error" in m for m in problems) else 0
 
 
