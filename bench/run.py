@@ -1027,6 +1027,110 @@ def run_case(case, ops, threads, bnc, torch, ort, args, table, records,
     print(flush=True)
 
 
+# --------------------------------------------------------------------------
+# the performance goals, checked against this run's rows
+
+def _label(r):
+    return f"{r['op']} {r['shape']} {r['layout']} {r['dtype']} thr={r['threads']}"
+
+
+def _worst(rows, value, at_least):
+    """(worst row, its value) over rows with a value; (None, None) if none."""
+    vals = [(r, value(r)) for r in rows]
+    vals = [(r, v) for r, v in vals if v is not None]
+    if not vals:
+        return None, None
+    return (min if at_least else max)(vals, key=lambda rv: rv[1])
+
+
+def goals(records):
+    """Each goal of the performance issue: (text, met or None, worst row text).
+    met is None when this run has no row the goal applies to (e.g. --quick,
+    or a peer not installed)."""
+    f32 = [r for r in records if r["dtype"] == "float32"]
+    speed = lambda who: lambda r: r.get("speedup_vs_" + who)   # noqa: E731
+    out = []
+
+    def goal(text, rows, value, bound, at_least=True, fmt="{:.2f}x"):
+        r, v = _worst(rows, value, at_least)
+        if r is None:
+            out.append((text, None, "no row in this run"))
+            return
+        met = v >= bound if at_least else v <= bound
+        out.append((text, met, f"worst {fmt.format(v)} at {_label(r)}"))
+
+    main = lambda r: r["shape"] == "32x64x56x56" and r["layout"] == "NCHW"  # noqa: E731
+    goal("train >= 2.5x torch on 32x64x56x56 NCHW",
+         [r for r in f32 if r["op"] == "train" and main(r)], speed("torch"), 2.5)
+    goal("train >= 80% of the 2x|x| roofline where a slab fits L2",
+         [r for r in f32 if r["op"] == "train" and r["traffic_factor"] == 2],
+         lambda r: r["pct_copy"], 80, fmt="{:.0f}%")
+    goal("train >= 1.5x torch on every other shape",
+         [r for r in f32 if r["op"] == "train" and not main(r)], speed("torch"), 1.5)
+    goal("backward >= 1.5x torch on NCHW with >= 64 channels",
+         [r for r in f32 if r["op"] == "backward" and r["layout"] == "NCHW"
+          and r["array_shape"][1] >= 64], speed("torch"), 1.5)
+    goal("backward >= 80% of the 3x|x| roofline where slabs fit L2",
+         [r for r in f32 if r["op"] == "backward" and r["traffic_factor"] == 3],
+         lambda r: r["pct_copy"], 80, fmt="{:.0f}%")
+    infer = [r for r in records if r["op"] in ("infer", "infer:out")]
+    goal("inference >= torch everywhere", infer, speed("torch"), 1.0)
+    goal("inference >= ONNX Runtime everywhere", infer, speed("ort"), 1.0)
+    goal("inference with out= >= 1.3x torch on 64x64x112x112",
+         [r for r in f32 if r["op"] == "infer:out" and r["shape"] == "64x64x112x112"],
+         speed("torch"), 1.3)
+    goal("4x3x224x224 NHWC train and backward >= 10x torch",
+         [r for r in f32 if r["op"] in ("train", "backward")
+          and r["shape"] == "4x3x224x224" and r["layout"] == "NHWC"], speed("torch"), 10)
+    one = {(r["op"], r["shape"], r["layout"], r["dtype"]): r
+           for r in records if r["threads"] == 1}
+
+    def scaling(r):
+        base = one.get((r["op"], r["shape"], r["layout"], r["dtype"]))
+        if base is None or r["threads"] != 2 or not (r.get("bnc") and base.get("bnc")):
+            return None
+        # only where the copy bandwidth itself scales by 1.7x
+        if not (r["copy_GBs"] and base["copy_GBs"] and
+                r["copy_GBs"] >= 1.7 * base["copy_GBs"]):
+            return None
+        return base["bnc"]["median_ms"] / r["bnc"]["median_ms"]
+    goal("2 threads >= 1.7x 1 thread where the copy bandwidth scales so",
+         [r for r in records if r["shape"] != "16x8"], scaling, 1.7)
+    goal(">= 10x the usual NumPy code except on (16,8)",
+         [r for r in records if r["shape"] != "16x8"], speed("numpy"), 10)
+    goal("(16,8) call <= 3 us",
+         [r for r in records if r["shape"] == "16x8"],
+         lambda r: r["bnc"]["median_ms"] * 1e3 if r.get("bnc") and "median_ms" in r["bnc"]
+         else None, 3, at_least=False, fmt="{:.1f} us")
+    goal("peak extra memory <= the output + O(C)",
+         [r for r in records if r["shape"] != "16x8"],
+         lambda r: r["mem_bnc_x"], 1.05, at_least=False, fmt="{:.2f}x|x|")
+    f32_at = {(r["op"], r["shape"], r["layout"], r["threads"]): r for r in f32}
+
+    def per_element(r):
+        base = f32_at.get((r["op"], r["shape"], r["layout"], r["threads"]))
+        if base is None or not (r.get("bnc") and base.get("bnc")):
+            return None
+        return base["bnc"]["median_ms"] / r["bnc"]["median_ms"]
+    goal("float16 at least as fast per element as float32",
+         [r for r in records if r["dtype"] == "float16"], per_element, 1.0)
+    return out
+
+
+def print_goals(records, problems):
+    print("\ngoals (the performance issue's, on this run's medians):")
+    rows = goals(records)
+    bits = not any("bit-identical" in m for m in problems)
+    rows.append(("bit-identical across thread counts", bits,
+                 "every row" if bits else "see problems above"))
+    for text, met, detail in rows:
+        mark = "n/a " if met is None else ("met " if met else "MISS")
+        print(f"  {mark} {text}: {detail}")
+    n_met = sum(1 for _, m, _ in rows if m)
+    n_app = sum(1 for _, m, _ in rows if m is not None)
+    print(f"  {n_met} of {n_app} applicable goals met")
+
+
 def plot(records, path, with_torch, with_ort):
     try:
         import matplotlib
@@ -1107,6 +1211,8 @@ def parse_args(argv):
                    help="write a PNG bar chart of the speedups (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
+    p.add_argument("--no-goals", action="store_true",
+                   help="leave out the summary of the performance goals")
     p.add_argument("--no-numpy", action="store_true",
                    help="skip the NumPy baseline")
     p.add_argument("--no-check", action="store_true",
@@ -1189,6 +1295,9 @@ def main(argv=None):
         if bad:
             print(f"note: {who} is less accurate than that tolerance on: "
                   + "; ".join(bad))
+
+    if not args.no_goals:
+        print_goals(records, problems)
 
     if args.json:
         with open(args.json, "w") as f:
