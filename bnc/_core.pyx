@@ -1083,6 +1083,9 @@ ctypedef fused real:
     float
     double
 
+cdef enum:
+    _LOOP_NOGIL = 16384  # channels from which these loops release the GIL
+
 
 cdef inline bint _tame(real v) noexcept nogil:
     """v is zero or a finite normal number."""
@@ -1142,26 +1145,36 @@ cdef bint _running_update(object rm, object rv, object mean, object var, int64_t
     cdef void *prv = _ptr(rv)
     cdef void *pme = _ptr(mean)
     cdef void *pva = _ptr(var)
-    cdef bint f32 = cnp.PyArray_TYPE(<cnp.ndarray>rm) == cnp.NPY_FLOAT32
+    cdef bint f32 = cnp.PyArray_TYPE(<cnp.ndarray>rm) == cnp.NPY_FLOAT32, ok
     cdef double f
     if nbt is not None:
         pn = <int64_t *>_ptr(nbt)
         if cumulative:
             m = 1.0 / <double>(pn[0] + 1)
     f = m * <double>count / <double>(count - corr)  # as Python: (m * count) / (count - corr)
+    if C < _LOOP_NOGIL:
+        return _running_passes(f32, prm, prv, pme, pva, C, m, f, pn)
+    with nogil:
+        ok = _running_passes(f32, prm, prv, pme, pva, C, m, f, pn)
+    return ok
+
+
+cdef bint _running_passes(bint f32, void *rm, void *rv, void *mean, void *var,
+                          Py_ssize_t C, double m, double f, int64_t *nbt) noexcept nogil:
+    """The checking pass, then (if it passed) nbt += 1 and the writing pass."""
     if f32:
-        if not _running_pass(<float *>prm, <float *>prv, <float *>pme, <float *>pva, C,
-                             m, f, False):
+        if not _running_pass(<float *>rm, <float *>rv, <float *>mean, <float *>var, C, m,
+                             f, False):
             return False
-    elif not _running_pass(<double *>prm, <double *>prv, <double *>pme, <double *>pva, C,
-                           m, f, False):
+    elif not _running_pass(<double *>rm, <double *>rv, <double *>mean, <double *>var, C, m,
+                           f, False):
         return False
-    if pn != NULL:
-        pn[0] += 1
+    if nbt != NULL:
+        nbt[0] += 1
     if f32:
-        _running_pass(<float *>prm, <float *>prv, <float *>pme, <float *>pva, C, m, f, True)
+        _running_pass(<float *>rm, <float *>rv, <float *>mean, <float *>var, C, m, f, True)
     else:
-        _running_pass(<double *>prm, <double *>prv, <double *>pme, <double *>pva, C, m, f,
+        _running_pass(<double *>rm, <double *>rv, <double *>mean, <double *>var, C, m, f,
                       True)
     return True
 
@@ -1263,6 +1276,12 @@ cdef bint _invstd_pass(real *out, const real *var, Py_ssize_t C, double eps) noe
     return True
 
 
+cdef bint _invstd(bint f64, void *out, void *var, Py_ssize_t C, double eps) noexcept nogil:
+    if f64:
+        return _invstd_pass(<double *>out, <double *>var, C, eps)
+    return _invstd_pass(<float *>out, <float *>var, C, eps)
+
+
 # ---- the entry points --------------------------------------------------------
 
 def batch_norm_forward_fast(x, weight, bias, mean, var, eps, channel_axis, out,
@@ -1291,10 +1310,14 @@ def batch_norm_forward_fast(x, weight, bias, mean, var, eps, channel_axis, out,
         y = _fwd_run(&k, x, weight, bias, None, None, out, sm, si, sv)
         return (y, _tuple3(_Saved, sm, si, sv))
     si = _stat_empty(&k)
-    if k.isz == 8:
-        ok = _invstd_pass(<double *>_ptr(si), <double *>_ptr(var), k.d.channels, k.eps)
+    cdef void *psi = _ptr(si)
+    cdef void *pva = _ptr(var)
+    cdef bint ok
+    if k.d.channels < _LOOP_NOGIL:
+        ok = _invstd(k.isz == 8, psi, pva, k.d.channels, k.eps)
     else:
-        ok = _invstd_pass(<float *>_ptr(si), <float *>_ptr(var), k.d.channels, k.eps)
+        with nogil:
+            ok = _invstd(k.isz == 8, psi, pva, k.d.channels, k.eps)
     if not ok:
         return None
     y = _fwd_run(&k, x, weight, bias, mean, var, out, None, None, None)
@@ -1445,6 +1468,14 @@ cdef tuple _stats_fast(_Fast *k, object x):
     if k.isz == 8:
         return mean, var, count
     m32, v32 = _stat_empty(k), _stat_empty(k)
-    if not (_narrow(<float *>_ptr(m32), pm, n) and _narrow(<float *>_ptr(v32), pv, n)):
+    cdef float *pm32 = <float *>_ptr(m32)
+    cdef float *pv32 = <float *>_ptr(v32)
+    cdef bint ok
+    if n < _LOOP_NOGIL:
+        ok = _narrow(pm32, pm, n) and _narrow(pv32, pv, n)
+    else:
+        with nogil:
+            ok = _narrow(pm32, pm, n) and _narrow(pv32, pv, n)
+    if not ok:
         m32, v32 = mean.astype(np.float32), var.astype(np.float32)
     return m32, v32, count

@@ -30,13 +30,14 @@ from conftest import (
 )
 
 # (shape, channel_axis): 2-D batches, NCHW, NHWC, C=1, inner=1, N=1, the
-# smallest training batch, and sizes on both sides of the C core's serial
-# threshold (32768 elements)
+# smallest training batch, sizes on both sides of the C core's serial
+# threshold (32768 elements), and C on both sides of the per-channel loops'
+# GIL threshold (16384 channels)
 SHAPES = [((16, 8), 1), ((2, 1), 1), ((1, 3, 2, 2), 1), ((4, 4, 4, 8), -1),
           ((5, 3), 0), ((3, 1, 7), 1), ((2, 3, 4, 5, 6), 2), ((64, 512), 1),
-          ((8, 64, 8, 8), 1), ((8, 16, 16, 17), -1)]
+          ((8, 64, 8, 8), 1), ((8, 16, 16, 17), -1), ((3, 16383), 1), ((2, 16384), 1)]
 SHAPE_IDS = ["2d", "2d-c1", "n1", "nhwc", "axis0", "c1", "5d", "2d-32k", "nchw-32k",
-             "nhwc-34k"]
+             "nhwc-34k", "c16383", "c16384"]
 
 
 class Fast:
@@ -393,8 +394,8 @@ def _numpy_update(rm, rv, mean, var, count, m, corr, nbt):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_running_update_bits(dtype):
     rng = rng_for("running-bits", np.dtype(dtype).name)
-    C = 1000
-    for scale in (1e-3, 1.0, 1e4, 1e20 if dtype == np.float32 else 1e150):
+    huge = 1e20 if dtype == np.float32 else 1e150
+    for C, scale in ((1000, 1e-3), (1000, 1.0), (1000, 1e4), (1000, huge), (20000, 1.0)):
         rm = (scale * rng.standard_normal(C)).astype(dtype)
         rv = (scale * rng.uniform(0, 2, C)).astype(dtype)
         mean = (scale * rng.standard_normal(C)).astype(dtype)
