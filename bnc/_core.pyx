@@ -10,7 +10,13 @@ import os
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.tuple cimport PyTuple_GET_SIZE
+from libc.float cimport DBL_MAX, DBL_MIN, FLT_MAX, FLT_MIN
+from libc.limits cimport INT_MAX
+from libc.math cimport INFINITY, fabs, sqrt
+from libc.stdint cimport INT64_MAX, int64_t
 
 from bnc._cbnc cimport *
 
@@ -27,6 +33,7 @@ __all__ = [
 # ---------------------------------------------------------------- threads ---
 
 cdef object _global_threads = None  # set_num_threads() value, or None
+cdef int _global_nt = 0  # the same as a C int: 0 if None, -1 if it does not fit
 
 
 def _env_threads():
@@ -55,7 +62,25 @@ def _count_back(n, name):
     return n
 
 
+cdef int _c_threads(object n) noexcept:
+    """A thread count (None or a Python int >= 1) as a C int: 0 for None, -1 if
+    it does not fit in an int (the generic path then raises OverflowError)."""
+    if n is None:
+        return 0
+    return n if 0 < n <= INT_MAX else -1
+
+
 cdef object _env_default = _env_threads()  # BNC_NUM_THREADS, read once at import
+cdef int _env_nt = _c_threads(_env_default)
+
+
+cdef inline int _default_threads() noexcept:
+    """get_num_threads() without a Python call; -1 if that does not fit an int."""
+    if _global_nt != 0:
+        return _global_nt
+    if _env_nt != 0:
+        return _env_nt
+    return bnc_default_threads()  # omp_get_max_threads(): follows OMP/threadpoolctl
 
 
 def get_num_threads():
@@ -78,15 +103,18 @@ def set_num_threads(n):
 
     n < 0 counts back from the usable cores (-1: all of them); 0 is a ValueError.
     """
-    global _global_threads
+    global _global_threads, _global_nt
     previous = get_num_threads()
-    _global_threads = None if n is None else _count_back(_as_int(n, "n"), "n")
+    value = None if n is None else _count_back(_as_int(n, "n"), "n")
+    _global_threads, _global_nt = value, _c_threads(value)
     return previous
 
 
 cdef int _threads(object n_threads) except -1:
+    cdef int nt
     if n_threads is None:
-        return get_num_threads()
+        nt = _default_threads()
+        return nt if nt > 0 else get_num_threads()
     return _count_back(_as_int(n_threads, "n_threads"), "n_threads")
 
 
@@ -103,6 +131,8 @@ def c_version():
 # ------------------------------------------------------------- validation ---
 
 cdef object _as_int(object v, str name):
+    if type(v) is int:
+        return v
     if isinstance(v, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
     try:
@@ -533,6 +563,11 @@ def batch_norm_stats(x, *, channel_axis=1, n_threads=None):
     mean, var : ndarray (C,), float64 for float64 x, else float32
     count : int, the number of values per channel
     """
+    cdef _Fast k
+    if _fast_view(&k, x, channel_axis):
+        k.nt = _fast_threads(n_threads)
+        if k.nt > 0:
+            return _stats_fast(&k, x)
     x = _as_input(x, "x")
     cdef int axis = _axis(channel_axis, x.ndim)
     cdef int nt = _threads(n_threads)
@@ -828,3 +863,619 @@ def batch_norm_backward_elemt(grad_out, x, weight, mean, invstd, sum_dy, sum_dy_
     if target is not dx:
         np.copyto(dx, target)
     return dx
+
+
+# ------------------------------------------------------------- fast paths ---
+#
+# The common call - exact ndarrays, C-contiguous and aligned, of the right
+# dtypes, plain Python int/float options - costs a few microseconds in the
+# generic path above (Python attribute lookups, the layout analysis, NumPy
+# calls to allocate). The functions below take such calls directly: every
+# check is a C test on the array structs, and anything they do not recognize
+# (a list, another dtype, a strided array, np.int64 options, a bad value) is
+# left to the generic path, which then validates, raises or computes exactly
+# as before. So a fast path never raises a validation error of its own and
+# never writes before everything is known to be valid; given the same
+# arrays, it makes the same C call as the generic path, bit for bit.
+
+cdef extern from "Python.h":
+    # exact ints only (checked before): never raises
+    long long _as_ll "PyLong_AsLongLongAndOverflow"(object, int *)
+    PyTypeObject PyTuple_Type
+
+ctypedef object (*_newfunc)(PyTypeObject *, object, PyObject *)
+
+cdef extern from "numpy/arrayobject.h":
+    # np.empty_like(a): the layout and dtype of a (descr NULL)
+    object _empty_like "PyArray_NewLikeArray"(cnp.ndarray, cnp.NPY_ORDER, void *, int)
+
+
+# Python objects of bnc.batchnorm, registered at its import (see register_api)
+cdef object _Saved = None        # BatchNormSaved
+cdef object _Grads = None        # Grads
+cdef object _MOMENTUM = None     # the default value of momentum= (a float 0.1)
+cdef object _apply_running_numpy = None  # the running-statistics update in NumPy
+cdef unsigned long long _n_fast = 0  # calls taken by a fast path (for the tests)
+
+
+def register_api(saved, grads, momentum_default, apply_running_numpy):
+    """Called once by bnc.batchnorm: the Python objects the fast paths use."""
+    global _Saved, _Grads, _MOMENTUM, _apply_running_numpy
+    _Saved, _Grads, _MOMENTUM = saved, grads, momentum_default
+    _apply_running_numpy = apply_running_numpy
+
+
+def fast_path_calls():
+    """How many calls a fast path has taken in this process (for the tests)."""
+    return _n_fast
+
+
+cdef inline object _tuple3(object cls, object a, object b, object c):
+    """cls(a, b, c) for a NamedTuple class cls: tuple.__new__(cls, (a, b, c)),
+    without the Python-level __new__ of the class."""
+    return (<_newfunc>PyTuple_Type.tp_new)(<PyTypeObject *>cls, ((a, b, c),), NULL)
+
+
+cdef struct _Fast:
+    int isz            # itemsize of x: 2, 4 or 8
+    int ptype          # type number of the per-channel arrays: float or double
+    bnc_dims_t d       # the canonical view of x
+    bnc_strides_t s    # strides of x and of every C-contiguous twin of it
+    double eps
+    int nt
+
+
+cdef inline bint _fast_x(object v) noexcept:
+    """v is an exact ndarray usable as x as it is: float16/32/64 in native byte
+    order, ndim >= 2, not empty, C-contiguous and aligned."""
+    if type(v) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>v
+    cdef int t = cnp.PyArray_TYPE(a)
+    return ((t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64 or t == cnp.NPY_FLOAT16)
+            and cnp.PyArray_ISNOTSWAPPED(a) and cnp.PyArray_NDIM(a) >= 2
+            and cnp.PyArray_SIZE(a) > 0 and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and cnp.PyArray_ISALIGNED(a))
+
+
+cdef bint _fast_view(_Fast *k, object x, object channel_axis) noexcept:
+    """Fills k from x and a plain int channel_axis in range; False otherwise."""
+    if not _fast_x(x) or type(channel_axis) is not int:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(a), i, overflow = 0
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
+    cdef long long ax = _as_ll(channel_axis, &overflow)
+    if overflow or ax < -nd or ax >= nd:
+        return False
+    if ax < 0:
+        ax += nd
+    k.isz = <int>cnp.PyArray_ITEMSIZE(a)
+    k.ptype = cnp.NPY_FLOAT64 if k.isz == 8 else cnp.NPY_FLOAT32
+    k.d.channels = shape[ax]
+    k.d.outer = 1
+    for i in range(ax):
+        k.d.outer *= shape[i]
+    k.d.inner = 1
+    for i in range(ax + 1, nd):
+        k.d.inner *= shape[i]
+    k.s.outer = k.d.channels * k.d.inner
+    k.s.channel = k.d.inner
+    return True
+
+
+cdef inline bint _fast_eps(_Fast *k, object eps) noexcept:
+    """eps is a float, finite and > 0."""
+    if type(eps) is not float:
+        return False
+    k.eps = PyFloat_AS_DOUBLE(eps)
+    return k.eps > 0 and k.eps < INFINITY
+
+
+cdef inline bint _fast_param(_Fast *k, object v) noexcept:
+    """v is None or a per-channel array usable as it is: (C,) of the statistics
+    dtype, native, C-contiguous and aligned."""
+    if v is None:
+        return True
+    if type(v) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>v
+    return (cnp.PyArray_TYPE(a) == k.ptype and cnp.PyArray_ISNOTSWAPPED(a)
+            and cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_DIMS(a)[0] == k.d.channels
+            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a))
+
+
+cdef inline int _fast_threads(object n) noexcept:
+    """The thread count for n_threads=n if n is None or an int >= 1, else -1."""
+    cdef int overflow = 0
+    cdef long long v
+    if n is None:
+        return _default_threads()
+    if type(n) is not int:
+        return -1
+    v = _as_ll(n, &overflow)
+    return <int>v if not overflow and 0 < v <= INT_MAX else -1
+
+
+cdef inline bint _apart(object a, object b) noexcept:
+    """a and b (None or C-contiguous ndarrays) share no byte of memory."""
+    if a is None or b is None:
+        return True
+    cdef char *p = <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef char *q = <char *>cnp.PyArray_DATA(<cnp.ndarray>b)
+    return (p + cnp.PyArray_NBYTES(<cnp.ndarray>a) <= q
+            or q + cnp.PyArray_NBYTES(<cnp.ndarray>b) <= p)
+
+
+cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef int i, nd = cnp.PyArray_NDIM(a)
+    if cnp.PyArray_NDIM(b) != nd:
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIMS(a)[i] != cnp.PyArray_DIMS(b)[i]:
+            return False
+    return True
+
+
+cdef int _fast_out(object out, object x) noexcept:
+    """0: out is None; 1: out is a writable C-contiguous twin of x apart from
+    it; 2: out is x itself (the same view); -1: the generic path decides."""
+    if out is None:
+        return 0
+    if type(out) is not cnp.ndarray:
+        return -1
+    cdef cnp.ndarray o = <cnp.ndarray>out, a = <cnp.ndarray>x
+    cdef int i
+    if not (cnp.PyArray_TYPE(o) == cnp.PyArray_TYPE(a) and cnp.PyArray_ISNOTSWAPPED(o)
+            and cnp.PyArray_IS_C_CONTIGUOUS(o) and cnp.PyArray_ISALIGNED(o)
+            and cnp.PyArray_ISWRITEABLE(o) and _same_shape(o, a)):
+        return -1
+    if cnp.PyArray_DATA(o) == cnp.PyArray_DATA(a):
+        for i in range(cnp.PyArray_NDIM(a)):  # as _same_view
+            if cnp.PyArray_STRIDES(o)[i] != cnp.PyArray_STRIDES(a)[i]:
+                return -1
+        return 2
+    return 1 if _apart(out, x) else -1
+
+
+cdef inline object _stat_empty(_Fast *k):
+    cdef cnp.npy_intp n = k.d.channels
+    return cnp.PyArray_EMPTY(1, &n, k.ptype, 0)
+
+
+cdef object _fwd_run(_Fast *k, object x, object weight, object bias, object mean,
+                     object var, object out, object sm, object si, object sv):
+    """The forward kernel on an accepted call: training (batch statistics,
+    written to sm, si, sv when not None) if mean is None, else inference."""
+    global _n_fast
+    y = _empty_like(<cnp.ndarray>x, cnp.NPY_KEEPORDER, NULL, 0) if out is None else out
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pb = _ptr_or_null(bias)
+    cdef void *pm = _ptr_or_null(mean)
+    cdef void *pv = _ptr_or_null(var)
+    cdef void *psm = _ptr_or_null(sm)
+    cdef void *psi = _ptr_or_null(si)
+    cdef void *psv = _ptr_or_null(sv)
+    cdef int st
+    if pm == NULL:
+        with nogil:
+            st = _fwd_train(k.isz, k.d, px, k.s, pw, pb, k.eps, py, k.s, psm, psi, psv,
+                            k.nt)
+    else:
+        with nogil:
+            st = _fwd_eval(k.isz, k.d, px, k.s, pw, pb, pm, pv, k.eps, py, k.s, k.nt)
+    _check(st)
+    _n_fast += 1
+    return y
+
+
+# ---- running statistics and invstd in the precision NumPy uses -------------
+#
+# bnc.batchnorm computes these with NumPy ufuncs; the loops below give the same
+# bits (same IEEE operations, same roundings, -ffp-contract=off) in one pass.
+# NumPy also reports floating-point exceptions (overflow, underflow, invalid)
+# as np.errstate says: a first pass checks that no step can raise one (every
+# value zero or a finite normal number); when one might, NumPy does the work.
+
+ctypedef fused real:
+    float
+    double
+
+cdef enum:
+    _LOOP_NOGIL = 16384  # channels from which these loops release the GIL
+
+
+cdef inline bint _tame(real v) noexcept nogil:
+    """v is zero or a finite normal number."""
+    if real is float:
+        return v == 0 or (fabs(v) >= FLT_MIN and fabs(v) <= FLT_MAX)
+    else:
+        return v == 0 or (fabs(v) >= DBL_MIN and fabs(v) <= DBL_MAX)
+
+
+cdef inline bint _tame_product(real p, real a, real b) noexcept nogil:
+    """p = a * b (tame factors) raised no exception: tame, and not 0 unless a factor is."""
+    return _tame(p) and (p != 0 or a == 0 or b == 0)
+
+
+cdef bint _running_pass(real *rm, real *rv, const real *mean, const real *var,
+                        Py_ssize_t C, double m, double f, bint write) noexcept nogil:
+    """rm = rm*(1-m) + mean*m and rv = rv*(1-m) + var*f, every product rounded to
+    `real` and then the sum, as bnc.batchnorm._apply_running_numpy computes it.
+    write=False only checks every step (False: one might raise); True writes."""
+    cdef real a = <real>(1.0 - m), fm = <real>m, ff = <real>f
+    cdef real r, u, p, q, t
+    cdef Py_ssize_t c
+    if not write and not (_tame(a) and _tame(fm) and _tame(ff) and (fm != 0 or m == 0)
+                          and (ff != 0 or f == 0)):
+        return False
+    for c in range(C):
+        r, u = rm[c], mean[c]
+        p = r * a
+        q = u * fm
+        t = p + q
+        if write:
+            rm[c] = t
+        elif not (_tame(r) and _tame(u) and _tame_product(p, r, a)
+                  and _tame_product(q, u, fm) and _tame(t)):
+            return False
+        r, u = rv[c], var[c]
+        p = r * a
+        q = u * ff
+        t = p + q
+        if write:
+            rv[c] = t
+        elif not (_tame(r) and _tame(u) and _tame_product(p, r, a)
+                  and _tame_product(q, u, ff) and _tame(t)):
+            return False
+    return True
+
+
+cdef bint _running_update(object rm, object rv, object mean, object var, int64_t count,
+                          double m, int64_t corr, object nbt, bint cumulative) noexcept:
+    """The running-statistics update on checked C-contiguous arrays of one float
+    dtype (nbt None or a 0-d int64 array): num_batches_tracked += 1, then with
+    m (1/num_batches_tracked if cumulative) as bnc.batchnorm._apply_running_numpy.
+    False, with nothing written, if a step might raise a floating-point exception."""
+    cdef Py_ssize_t C = cnp.PyArray_DIMS(<cnp.ndarray>rm)[0]
+    cdef int64_t *pn = NULL
+    cdef void *prm = _ptr(rm)
+    cdef void *prv = _ptr(rv)
+    cdef void *pme = _ptr(mean)
+    cdef void *pva = _ptr(var)
+    cdef bint f32 = cnp.PyArray_TYPE(<cnp.ndarray>rm) == cnp.NPY_FLOAT32, ok
+    cdef double f
+    if nbt is not None:
+        pn = <int64_t *>_ptr(nbt)
+        if cumulative:
+            m = 1.0 / <double>(pn[0] + 1)
+    f = m * <double>count / <double>(count - corr)  # as Python: (m * count) / (count - corr)
+    if C < _LOOP_NOGIL:
+        return _running_passes(f32, prm, prv, pme, pva, C, m, f, pn)
+    with nogil:
+        ok = _running_passes(f32, prm, prv, pme, pva, C, m, f, pn)
+    return ok
+
+
+cdef bint _running_passes(bint f32, void *rm, void *rv, void *mean, void *var,
+                          Py_ssize_t C, double m, double f, int64_t *nbt) noexcept nogil:
+    """The checking pass, then (if it passed) nbt += 1 and the writing pass."""
+    if f32:
+        if not _running_pass(<float *>rm, <float *>rv, <float *>mean, <float *>var, C, m,
+                             f, False):
+            return False
+    elif not _running_pass(<double *>rm, <double *>rv, <double *>mean, <double *>var, C, m,
+                           f, False):
+        return False
+    if nbt != NULL:
+        nbt[0] += 1
+    if f32:
+        _running_pass(<float *>rm, <float *>rv, <float *>mean, <float *>var, C, m, f, True)
+    else:
+        _running_pass(<double *>rm, <double *>rv, <double *>mean, <double *>var, C, m, f,
+                      True)
+    return True
+
+
+cdef bint _fast_nbt(object nbt, bint write, bint cumulative) noexcept:
+    """num_batches_tracked is None (unless cumulative) or a 0-d native int64
+    array; if `write`, writable and below INT64_MAX (+= 1 wraps in NumPy); if
+    cumulative, >= 0 (1/num_batches_tracked after the increment is in (0, 1])."""
+    if nbt is None:
+        return not cumulative
+    if type(nbt) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>nbt
+    if not (cnp.PyArray_TYPE(a) == cnp.NPY_INT64 and cnp.PyArray_ISNOTSWAPPED(a)
+            and cnp.PyArray_NDIM(a) == 0 and cnp.PyArray_ISALIGNED(a)
+            and (cnp.PyArray_ISWRITEABLE(a) or not write)):
+        return False
+    cdef int64_t n = (<int64_t *>cnp.PyArray_DATA(a))[0]
+    return (n < INT64_MAX or not write) and (n >= 0 or not cumulative)
+
+
+cdef int _fast_momentum(object momentum, object decay, double *m) noexcept:
+    """1: the weight of the new batch in *m; 2: momentum=None (cumulative);
+    0: anything else (the generic path validates it)."""
+    cdef double v
+    if decay is None:
+        if momentum is None:
+            return 2
+        if momentum is not _MOMENTUM and type(momentum) is not float:
+            return 0
+        v = PyFloat_AS_DOUBLE(momentum)
+        m[0] = v
+        return 1 if 0.0 <= v <= 1.0 else 0
+    if momentum is not _MOMENTUM or type(decay) is not float:
+        return 0
+    v = PyFloat_AS_DOUBLE(decay)
+    m[0] = 1.0 - v
+    return 1 if 0.0 <= v <= 1.0 else 0
+
+
+cdef inline bint _fast_int(object v, long long *out) noexcept:
+    """v is a plain int >= 0 that fits in 64 bits."""
+    cdef int overflow = 0
+    if type(v) is not int:
+        return False
+    out[0] = _as_ll(v, &overflow)
+    return not overflow and out[0] >= 0
+
+
+def apply_running_fast(running_mean, running_var, mean, var, count, m, corr,
+                       num_batches_tracked):
+    """bnc.batchnorm._apply_running for C-contiguous arrays of one float dtype:
+    True if done, False (nothing written) for NumPy to do it."""
+    cdef _Fast k
+    cdef long long n, c
+    if not (type(running_mean) is cnp.ndarray and type(mean) is cnp.ndarray):
+        return False
+    k.ptype = cnp.PyArray_TYPE(<cnp.ndarray>running_mean)
+    if k.ptype != cnp.NPY_FLOAT32 and k.ptype != cnp.NPY_FLOAT64:
+        return False
+    if cnp.PyArray_NDIM(<cnp.ndarray>running_mean) != 1:
+        return False
+    k.d.channels = cnp.PyArray_DIMS(<cnp.ndarray>running_mean)[0]
+    if not (_fast_param(&k, running_mean) and _fast_param(&k, running_var)
+            and _fast_param(&k, mean) and _fast_param(&k, var)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)
+            and _fast_int(count, &n) and _fast_int(corr, &c) and n > c
+            and (m is None or type(m) is float)
+            and _fast_nbt(num_batches_tracked, True, m is None)):
+        return False
+    # nothing read may be written: mean/var/nbt apart from the running arrays
+    for out in (running_mean, running_var):
+        for other in (mean, var, num_batches_tracked):
+            if not _apart(out, other):
+                return False
+    if not _apart(running_mean, running_var):
+        return False
+    return _running_update(running_mean, running_var, mean, var, n,
+                           0.0 if m is None else PyFloat_AS_DOUBLE(m), c,
+                           num_batches_tracked, m is None)
+
+
+cdef bint _invstd_pass(real *out, const real *var, Py_ssize_t C, double eps) noexcept nogil:
+    """out = 1/sqrt(var + eps) in float64 rounded to `real`, as
+    bnc.batch_norm_forward computes it with NumPy; False if a step might raise
+    a floating-point exception (out then partly written)."""
+    cdef double s, r
+    cdef Py_ssize_t c
+    for c in range(C):
+        s = <double>var[c] + eps
+        if not (s >= DBL_MIN and s <= DBL_MAX):
+            return False
+        r = 1.0 / sqrt(s)
+        if real is float:
+            if not (r >= FLT_MIN and r <= FLT_MAX):
+                return False
+        out[c] = <real>r
+    return True
+
+
+cdef bint _invstd(bint f64, void *out, void *var, Py_ssize_t C, double eps) noexcept nogil:
+    if f64:
+        return _invstd_pass(<double *>out, <double *>var, C, eps)
+    return _invstd_pass(<float *>out, <float *>var, C, eps)
+
+
+# ---- the entry points --------------------------------------------------------
+
+def batch_norm_forward_fast(x, weight, bias, mean, var, eps, channel_axis, out,
+                            n_threads):
+    """bnc.batch_norm_forward for the common case: (y, BatchNormSaved), or None
+    for the generic path (which validates and raises)."""
+    cdef _Fast k
+    cdef int omode
+    if _Saved is None or (mean is None) != (var is None):
+        return None
+    if not (_fast_view(&k, x, channel_axis) and _fast_eps(&k, eps)
+            and _fast_param(&k, weight) and _fast_param(&k, bias)
+            and _fast_param(&k, mean) and _fast_param(&k, var)):
+        return None
+    if mean is None and k.d.outer * k.d.inner < 2:
+        return None
+    k.nt = _fast_threads(n_threads)
+    omode = _fast_out(out, x)
+    if k.nt < 1 or omode < 0:
+        return None
+    if omode and not (_apart(out, weight) and _apart(out, bias) and _apart(out, mean)
+                      and _apart(out, var)):
+        return None
+    if mean is None:
+        sm, si, sv = _stat_empty(&k), _stat_empty(&k), _stat_empty(&k)
+        y = _fwd_run(&k, x, weight, bias, None, None, out, sm, si, sv)
+        return (y, _tuple3(_Saved, sm, si, sv))
+    si = _stat_empty(&k)
+    cdef void *psi = _ptr(si)
+    cdef void *pva = _ptr(var)
+    cdef bint ok
+    if k.d.channels < _LOOP_NOGIL:
+        ok = _invstd(k.isz == 8, psi, pva, k.d.channels, k.eps)
+    else:
+        with nogil:
+            ok = _invstd(k.isz == 8, psi, pva, k.d.channels, k.eps)
+    if not ok:
+        return None
+    y = _fwd_run(&k, x, weight, bias, mean, var, out, None, None, None)
+    return (y, _tuple3(_Saved, cnp.PyArray_NewCopy(<cnp.ndarray>mean, cnp.NPY_CORDER), si,
+                       cnp.PyArray_NewCopy(<cnp.ndarray>var, cnp.NPY_CORDER)))
+
+
+def batch_norm_fast(x, weight, bias, running_mean, running_var, training, momentum,
+                    decay, eps, channel_axis, correction, num_batches_tracked, out,
+                    n_threads):
+    """bnc.batch_norm for the common case: y, or None for the generic path
+    (which validates and raises). Running statistics are updated as there."""
+    cdef _Fast k
+    cdef double m = 0.0
+    cdef int mode, omode
+    cdef long long corr = 0
+    cdef int64_t count
+    cdef bint train, stats = running_mean is not None
+    if training is True:
+        train = True
+    elif training is False:
+        train = False
+    else:
+        return None
+    if _Saved is None or stats != (running_var is not None):
+        return None
+    if not (_fast_view(&k, x, channel_axis) and _fast_eps(&k, eps)):
+        return None
+    mode = _fast_momentum(momentum, decay, &m)
+    count = k.d.outer * k.d.inner
+    if mode == 0 or (train and count < 2):
+        return None
+    if stats:
+        if not (_fast_param(&k, running_mean) and _fast_param(&k, running_var)
+                and _fast_int(correction, &corr)
+                and _fast_nbt(num_batches_tracked, train, mode == 2)):
+            return None
+        if train and not (cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
+                          and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)
+                          and _apart(running_mean, running_var)
+                          and _apart(running_mean, num_batches_tracked)
+                          and _apart(running_var, num_batches_tracked)
+                          and count > corr):
+            return None
+    elif not train or mode == 2:
+        return None
+    if not (_fast_param(&k, weight) and _fast_param(&k, bias)):
+        return None
+    k.nt = _fast_threads(n_threads)
+    omode = _fast_out(out, x)
+    if k.nt < 1 or omode < 0:
+        return None
+    if omode and not (_apart(out, weight) and _apart(out, bias)):
+        return None
+    if stats and omode and not (_apart(out, running_mean) and _apart(out, running_var)
+                                and _apart(out, num_batches_tracked)):
+        return None
+    if not train:
+        return _fwd_run(&k, x, weight, bias, running_mean, running_var, out, None, None,
+                        None)
+    if not stats:
+        return _fwd_run(&k, x, weight, bias, None, None, out, None, None, None)
+    mean, var = _stat_empty(&k), _stat_empty(&k)
+    y = _fwd_run(&k, x, weight, bias, None, None, out, mean, None, var)
+    if not _running_update(running_mean, running_var, mean, var, count, m, corr,
+                           num_batches_tracked, mode == 2):
+        _apply_running_numpy(running_mean, running_var, mean, var, count,
+                             None if mode == 2 else m, corr, num_batches_tracked)
+    return y
+
+
+def batch_norm_backward_fast(grad_out, x, weight, saved, channel_axis, use_batch_stats,
+                             out, n_threads):
+    """bnc.batch_norm_backward for the common case: Grads, or None for the
+    generic path (which validates and raises)."""
+    global _n_fast
+    cdef _Fast k
+    cdef bint train
+    if use_batch_stats is True:
+        train = True
+    elif use_batch_stats is False:
+        train = False
+    else:
+        return None
+    if _Grads is None or not (type(saved) is _Saved or type(saved) is tuple):
+        return None
+    if PyTuple_GET_SIZE(saved) < 2:
+        return None
+    mean, invstd = (<tuple>saved)[0], (<tuple>saved)[1]
+    if not (_fast_view(&k, x, channel_axis) and _fast_x(grad_out)):
+        return None
+    if not (cnp.PyArray_TYPE(<cnp.ndarray>grad_out) == cnp.PyArray_TYPE(<cnp.ndarray>x)
+            and _same_shape(<cnp.ndarray>grad_out, <cnp.ndarray>x)):
+        return None
+    if not (mean is not None and invstd is not None and _fast_param(&k, weight)
+            and _fast_param(&k, mean) and _fast_param(&k, invstd)):
+        return None
+    k.nt = _fast_threads(n_threads)
+    if k.nt < 1 or _fast_out(out, x) not in (0, 1):
+        return None
+    if out is not None and not (_apart(out, grad_out) and _apart(out, weight)
+                                and _apart(out, mean) and _apart(out, invstd)):
+        return None
+    dx = _empty_like(<cnp.ndarray>x, cnp.NPY_KEEPORDER, NULL, 0) if out is None else out
+    dw, db = _stat_empty(&k), _stat_empty(&k)
+    cdef void *pdy = _ptr(grad_out)
+    cdef void *px = _ptr(x)
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pm = _ptr(mean)
+    cdef void *ps = _ptr(invstd)
+    cdef void *pdx = _ptr(dx)
+    cdef void *pdw = _ptr(dw)
+    cdef void *pdb = _ptr(db)
+    cdef int st
+    with nogil:
+        st = _bwd(k.isz, train, k.d, pdy, k.s, px, k.s, pw, pm, ps, pdx, k.s, pdw, pdb, k.nt)
+    _check(st)
+    _n_fast += 1
+    return _tuple3(_Grads, dx, dw, db)
+
+
+cdef bint _narrow(float *out, const double *a, Py_ssize_t n) noexcept nogil:
+    """out = a rounded to float, as a.astype(np.float32); False if a value
+    might raise a floating-point exception in that cast (out partly written)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not (a[i] == 0 or (fabs(a[i]) >= FLT_MIN and fabs(a[i]) <= FLT_MAX)):
+            return False
+        out[i] = <float>a[i]
+    return True
+
+
+cdef tuple _stats_fast(_Fast *k, object x):
+    """batch_norm_stats on an accepted call."""
+    global _n_fast
+    cdef cnp.npy_intp n = k.d.channels
+    mean = cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT64, 0)
+    var = cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT64, 0)
+    cdef void *px = _ptr(x)
+    cdef double *pm = <double *>_ptr(mean)
+    cdef double *pv = <double *>_ptr(var)
+    cdef int st
+    with nogil:
+        st = _stats(k.isz, k.d, px, k.s, pm, pv, k.nt)
+    _check(st)
+    _n_fast += 1
+    count = k.d.outer * k.d.inner
+    if k.isz == 8:
+        return mean, var, count
+    m32, v32 = _stat_empty(k), _stat_empty(k)
+    cdef float *pm32 = <float *>_ptr(m32)
+    cdef float *pv32 = <float *>_ptr(v32)
+    cdef bint ok
+    if n < _LOOP_NOGIL:
+        ok = _narrow(pm32, pm, n) and _narrow(pv32, pv, n)
+    else:
+        with nogil:
+            ok = _narrow(pm32, pm, n) and _narrow(pv32, pv, n)
+    if not ok:
+        m32, v32 = mean.astype(np.float32), var.astype(np.float32)
+    return m32, v32, count

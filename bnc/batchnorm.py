@@ -24,6 +24,13 @@ __all__ = [
 batch_norm_backward_reduce = _core.batch_norm_backward_reduce
 batch_norm_backward_elemt = _core.batch_norm_backward_elemt
 
+# The common calls (C-contiguous arrays of the right dtypes, plain options) are
+# taken whole by these; they return None for anything else, and the code below
+# then validates (raising as documented) and computes.
+_forward_fast = _core.batch_norm_forward_fast
+_backward_fast = _core.batch_norm_backward_fast
+_batch_norm_fast = _core.batch_norm_fast
+
 _DEFAULT_MOMENTUM = 0.1
 
 
@@ -74,6 +81,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, mean=None, var=None, eps=1e
     y : ndarray like x (layout of np.empty_like(x))
     saved : BatchNormSaved(mean, invstd, var), float64 for float64 x else float32
     """
+    done = _forward_fast(x, weight, bias, mean, var, eps, channel_axis, out, n_threads)
+    if done is not None:
+        return done
     if (mean is None) != (var is None):
         raise ValueError("mean and var must be given together (or neither)")
     training = mean is None
@@ -108,6 +118,10 @@ def batch_norm_backward(grad_out, x, weight, saved, *, channel_axis=1,
     Grads(grad_input, grad_weight, grad_bias); grad_weight and grad_bias are
     always computed (as if weight were ones when it is None).
     """
+    done = _backward_fast(grad_out, x, weight, saved, channel_axis, use_batch_stats, out,
+                          n_threads)
+    if done is not None:
+        return done
     try:
         mean, invstd = saved[0], saved[1]
     except (TypeError, IndexError):
@@ -196,6 +210,17 @@ def _check_count(count, corr):
 def _apply_running(running_mean, running_var, mean, var, count, m, corr,
                    num_batches_tracked):
     """The update itself; every argument was checked before."""
+    if not _core.apply_running_fast(running_mean, running_var, mean, var, count, m, corr,
+                                    num_batches_tracked):
+        _apply_running_numpy(running_mean, running_var, mean, var, count, m, corr,
+                             num_batches_tracked)
+
+
+def _apply_running_numpy(running_mean, running_var, mean, var, count, m, corr,
+                         num_batches_tracked):
+    """The update in NumPy, for any arrays; _core's fast paths compute the same
+    bits in one loop when the arrays are plain and no step can raise a
+    floating-point exception."""
     if num_batches_tracked is not None:
         num_batches_tracked += 1
         if m is None:
@@ -279,6 +304,11 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
 
     Returns y, an ndarray like x (NHWC input gives NHWC output).
     """
+    y = _batch_norm_fast(x, weight, bias, running_mean, running_var, training, momentum,
+                         decay, eps, channel_axis, correction, num_batches_tracked, out,
+                         n_threads)
+    if y is not None:
+        return y
     have = (running_mean is not None, running_var is not None)
     if have[0] != have[1]:
         raise ValueError("running_mean and running_var must be given together")
@@ -307,3 +337,6 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         _apply_running(running_mean, running_var, mean, var, count, m, corr,
                        num_batches_tracked)
     return y
+
+
+_core.register_api(BatchNormSaved, Grads, _MOMENTUM_NOT_GIVEN, _apply_running_numpy)
