@@ -1100,35 +1100,33 @@ cdef inline bint _tame_product(real p, real a, real b) noexcept nogil:
     return _tame(p) and (p != 0 or a == 0 or b == 0)
 
 
+cdef inline bint _ema_step(real *run, const real *batch, Py_ssize_t c, real a, real w,
+                           bint write) noexcept nogil:
+    """run[c] = run[c]*a + batch[c]*w with NumPy's roundings; write=False only
+    checks that no step raises a floating-point exception."""
+    cdef real r = run[c], u = batch[c]
+    cdef real p = r * a
+    cdef real q = u * w
+    cdef real t = p + q
+    if write:
+        run[c] = t
+        return True
+    return (_tame(r) and _tame(u) and _tame_product(p, r, a)
+            and _tame_product(q, u, w) and _tame(t))
+
+
 cdef bint _running_pass(real *rm, real *rv, const real *mean, const real *var,
                         Py_ssize_t C, double m, double f, bint write) noexcept nogil:
     """rm = rm*(1-m) + mean*m and rv = rv*(1-m) + var*f, every product rounded to
     `real` and then the sum, as bnc.batchnorm._apply_running_numpy computes it.
     write=False only checks every step (False: one might raise); True writes."""
     cdef real a = <real>(1.0 - m), fm = <real>m, ff = <real>f
-    cdef real r, u, p, q, t
     cdef Py_ssize_t c
     if not write and not (_tame(a) and _tame(fm) and _tame(ff) and (fm != 0 or m == 0)
                           and (ff != 0 or f == 0)):
         return False
     for c in range(C):
-        r, u = rm[c], mean[c]
-        p = r * a
-        q = u * fm
-        t = p + q
-        if write:
-            rm[c] = t
-        elif not (_tame(r) and _tame(u) and _tame_product(p, r, a)
-                  and _tame_product(q, u, fm) and _tame(t)):
-            return False
-        r, u = rv[c], var[c]
-        p = r * a
-        q = u * ff
-        t = p + q
-        if write:
-            rv[c] = t
-        elif not (_tame(r) and _tame(u) and _tame_product(p, r, a)
-                  and _tame_product(q, u, ff) and _tame(t)):
+        if not (_ema_step(rm, mean, c, a, fm, write) and _ema_step(rv, var, c, a, ff, write)):
             return False
     return True
 
