@@ -39,19 +39,14 @@ typedef struct {
  * adds that partial to its double lane: the double arithmetic is paid once
  * per BNC_SUB elements. The lanes fix the summation order whatever the
  * vector ISA; callers fold them once per block or chunk (bnc_lanes_sum).
+ * The tail of a run (fewer than NL elements) goes to lanes 0, 1, ... in
+ * double directly.
  * These loops are functions of their own: inlined into the large kernels,
  * they lose their registers to the caller's values and spill. */
 typedef P F(vec_t) __attribute__((vector_size(BNC_VEC_BYTES)));
 typedef P F(uvec_t) __attribute__((vector_size(BNC_VEC_BYTES), aligned(sizeof(P)), may_alias));
 typedef double F(dvec_t) __attribute__((vector_size(BNC_VEC_BYTES * 8 / sizeof(P))));
 enum { F(VL) = BNC_VEC_BYTES / (int)sizeof(P), F(NL) = 4 * F(VL) };
-
-/* End of the sub-block that starts at i of a run of n: BNC_SUB elements, or
- * the whole lane groups left before the tail. */
-static inline int64_t F(sub_end)(int64_t i, int64_t n)
-{
-    return n - i >= BNC_SUB ? i + BNC_SUB : n - (n - i) % F(NL);
-}
 
 /* The vector at p (any alignment); a[lanes] += f0..f3 (a: double lanes). */
 #define BNC_VLOAD(p) (*(const F(uvec_t) *)(p))
@@ -70,73 +65,87 @@ static inline int64_t F(sub_end)(int64_t i, int64_t n)
         BNC_FLUSH1((a) + 3 * F(VL), f3);                                      \
     } while (0)
 
-/* The reductions below work on P values; see run_* for T. */
+/* The reductions below work on P values (see run_* for T), over `rows` runs
+ * of n elements, the runs `xs` (and `gs` for dy) elements apart: one call per
+ * block, not per row, and the partials carry over from row to row, as rows
+ * can be short (14x14 images: 196 elements). BNC_STEP adds one group of NL
+ * elements and flushes the partials after BNC_SUB / NL groups. */
+#define BNC_STEP(e0, e1, e2, e3)                                              \
+    do {                                                                      \
+        f0 += (e0);                                                           \
+        f1 += (e1);                                                           \
+        f2 += (e2);                                                           \
+        f3 += (e3);                                                           \
+        if (++groups == BNC_SUB / F(NL)) {                                    \
+            BNC_FLUSH4(a);                                                    \
+            f0 = f1 = f2 = f3 = (F(vec_t)){0};                                \
+            groups = 0;                                                       \
+        }                                                                     \
+    } while (0)
 
 /* a += x - K, by lanes (K is a value of the data: exact in P). */
-BNC_HOT BNC_NOINLINE static void F(sum_p)(const P *restrict x, int64_t n, double K, double *restrict a)
+BNC_HOT BNC_NOINLINE static void F(sum_p)(const P *restrict x, int64_t rows, int64_t xs,
+                                          int64_t n, double K, double *restrict a)
 {
     const P k = (P)K;
-    int64_t i = 0;
-    while (i + F(NL) <= n) {
-        F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
-        for (const int64_t e = F(sub_end)(i, n); i < e; i += F(NL)) {
-            f0 += BNC_VLOAD(x + i) - k;
-            f1 += BNC_VLOAD(x + i + F(VL)) - k;
-            f2 += BNC_VLOAD(x + i + 2 * F(VL)) - k;
-            f3 += BNC_VLOAD(x + i + 3 * F(VL)) - k;
-        }
-        BNC_FLUSH4(a);
+    F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+    int groups = 0;
+    for (int64_t r = 0; r < rows; r++, x += xs) {
+        int64_t i = 0;
+        for (; i + F(NL) <= n; i += F(NL))
+            BNC_STEP(BNC_VLOAD(x + i) - k, BNC_VLOAD(x + i + F(VL)) - k,
+                     BNC_VLOAD(x + i + 2 * F(VL)) - k, BNC_VLOAD(x + i + 3 * F(VL)) - k);
+        for (int l = 0; i < n; i++, l++) /* the tail, in double */
+            a[l] += (double)x[i] - K;
     }
-    for (int l = 0; i < n; i++, l++)
-        a[l] += (double)x[i] - K;
+    BNC_FLUSH4(a);
 }
 
 /* a += ((x - K) - mu)^2, by lanes: the deviations from K + mu, where K is a
  * value of the data and mu the block's mean of x - K (rounded to P: that
  * moves the centre by far less than an ulp of the spread). */
-BNC_HOT BNC_NOINLINE static void F(sqdev_p)(const P *restrict x, int64_t n, double K, double mu,
-                              double *restrict a)
+BNC_HOT BNC_NOINLINE static void F(sqdev_p)(const P *restrict x, int64_t rows, int64_t xs,
+                                            int64_t n, double K, double mu, double *restrict a)
 {
     const P k = (P)K, m = (P)mu;
-    int64_t i = 0;
-    while (i + F(NL) <= n) {
-        F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
-        for (const int64_t e = F(sub_end)(i, n); i < e; i += F(NL)) {
+    F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+    int groups = 0;
+    for (int64_t r = 0; r < rows; r++, x += xs) {
+        int64_t i = 0;
+        for (; i + F(NL) <= n; i += F(NL)) {
             F(vec_t) v0 = (BNC_VLOAD(x + i) - k) - m;
             F(vec_t) v1 = (BNC_VLOAD(x + i + F(VL)) - k) - m;
             F(vec_t) v2 = (BNC_VLOAD(x + i + 2 * F(VL)) - k) - m;
             F(vec_t) v3 = (BNC_VLOAD(x + i + 3 * F(VL)) - k) - m;
-            f0 += v0 * v0;
-            f1 += v1 * v1;
-            f2 += v2 * v2;
-            f3 += v3 * v3;
+            BNC_STEP(v0 * v0, v1 * v1, v2 * v2, v3 * v3);
         }
-        BNC_FLUSH4(a);
+        for (int l = 0; i < n; i++, l++) { /* the tail, in double */
+            double v = ((double)x[i] - K) - (double)m;
+            a[l] += v * v;
+        }
     }
-    for (int l = 0; i < n; i++, l++) { /* the tail: in double, as short runs are all tail */
-        double v = ((double)x[i] - K) - (double)m;
-        a[l] += v * v;
-    }
+    BNC_FLUSH4(a);
 }
 
 /* a += dy * (x - m), by lanes (m is a P value). */
-BNC_HOT BNC_NOINLINE static void F(dot_p)(const P *restrict dy, const P *restrict x, int64_t n, double m,
-                            double *restrict a)
+BNC_HOT BNC_NOINLINE static void F(dot_p)(const P *restrict dy, int64_t gs,
+                                          const P *restrict x, int64_t xs, int64_t rows,
+                                          int64_t n, double m, double *restrict a)
 {
     const P mp = (P)m;
-    int64_t i = 0;
-    while (i + F(NL) <= n) {
-        F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
-        for (const int64_t e = F(sub_end)(i, n); i < e; i += F(NL)) {
-            f0 += BNC_VLOAD(dy + i) * (BNC_VLOAD(x + i) - mp);
-            f1 += BNC_VLOAD(dy + i + F(VL)) * (BNC_VLOAD(x + i + F(VL)) - mp);
-            f2 += BNC_VLOAD(dy + i + 2 * F(VL)) * (BNC_VLOAD(x + i + 2 * F(VL)) - mp);
-            f3 += BNC_VLOAD(dy + i + 3 * F(VL)) * (BNC_VLOAD(x + i + 3 * F(VL)) - mp);
-        }
-        BNC_FLUSH4(a);
+    F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+    int groups = 0;
+    for (int64_t r = 0; r < rows; r++, dy += gs, x += xs) {
+        int64_t i = 0;
+        for (; i + F(NL) <= n; i += F(NL))
+            BNC_STEP(BNC_VLOAD(dy + i) * (BNC_VLOAD(x + i) - mp),
+                     BNC_VLOAD(dy + i + F(VL)) * (BNC_VLOAD(x + i + F(VL)) - mp),
+                     BNC_VLOAD(dy + i + 2 * F(VL)) * (BNC_VLOAD(x + i + 2 * F(VL)) - mp),
+                     BNC_VLOAD(dy + i + 3 * F(VL)) * (BNC_VLOAD(x + i + 3 * F(VL)) - mp));
+        for (int l = 0; i < n; i++, l++) /* the tail, in double */
+            a[l] += (double)dy[i] * ((double)x[i] - m);
     }
-    for (int l = 0; i < n; i++, l++)
-        a[l] += (double)dy[i] * ((double)x[i] - m);
+    BNC_FLUSH4(a);
 }
 
 /* y = ((x - m) - ml) * a + s; x and y may be the same array. */
@@ -171,35 +180,41 @@ static inline void F(scale_p)(const P *restrict dy, P *restrict dx, int64_t n, P
 #define BNC_STAGE 512
 #endif
 
-static inline void F(run_sum)(const T *x, int64_t n, double K, double *a)
+static inline void F(run_sum)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
+                             double *a)
 {
     P b[BNC_STAGE];
-    for (int64_t o = 0; o < n; o += BNC_STAGE) {
-        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-        bnc_f16_load(b, x + o, m);
-        F(sum_p)(b, m, K, a);
-    }
+    for (int64_t r = 0; r < rows; r++, x += xs)
+        for (int64_t o = 0; o < n; o += BNC_STAGE) {
+            int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+            bnc_f16_load(b, x + o, m);
+            F(sum_p)(b, 1, 0, m, K, a);
+        }
 }
 
-static inline void F(run_sqdev)(const T *x, int64_t n, double K, double mu, double *a)
+static inline void F(run_sqdev)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
+                               double mu, double *a)
 {
     P b[BNC_STAGE];
-    for (int64_t o = 0; o < n; o += BNC_STAGE) {
-        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-        bnc_f16_load(b, x + o, m);
-        F(sqdev_p)(b, m, K, mu, a);
-    }
+    for (int64_t r = 0; r < rows; r++, x += xs)
+        for (int64_t o = 0; o < n; o += BNC_STAGE) {
+            int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+            bnc_f16_load(b, x + o, m);
+            F(sqdev_p)(b, 1, 0, m, K, mu, a);
+        }
 }
 
-static inline void F(run_dot)(const T *dy, const T *x, int64_t n, double mu, double *a)
+static inline void F(run_dot)(const T *dy, int64_t gs, const T *x, int64_t xs, int64_t rows,
+                             int64_t n, double mu, double *a)
 {
     P b[BNC_STAGE], c[BNC_STAGE];
-    for (int64_t o = 0; o < n; o += BNC_STAGE) {
-        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-        bnc_f16_load(b, dy + o, m);
-        bnc_f16_load(c, x + o, m);
-        F(dot_p)(b, c, m, mu, a);
-    }
+    for (int64_t r = 0; r < rows; r++, dy += gs, x += xs)
+        for (int64_t o = 0; o < n; o += BNC_STAGE) {
+            int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+            bnc_f16_load(b, dy + o, m);
+            bnc_f16_load(c, x + o, m);
+            F(dot_p)(b, 0, c, 0, 1, m, mu, a);
+        }
 }
 
 static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P ml, P a, P s)
@@ -237,17 +252,20 @@ static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
     }
 }
 #else
-static inline void F(run_sum)(const T *x, int64_t n, double K, double *a)
+static inline void F(run_sum)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
+                             double *a)
 {
-    F(sum_p)(x, n, K, a);
+    F(sum_p)(x, rows, xs, n, K, a);
 }
-static inline void F(run_sqdev)(const T *x, int64_t n, double K, double mu, double *a)
+static inline void F(run_sqdev)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
+                               double mu, double *a)
 {
-    F(sqdev_p)(x, n, K, mu, a);
+    F(sqdev_p)(x, rows, xs, n, K, mu, a);
 }
-static inline void F(run_dot)(const T *dy, const T *x, int64_t n, double mu, double *a)
+static inline void F(run_dot)(const T *dy, int64_t gs, const T *x, int64_t xs, int64_t rows,
+                             int64_t n, double mu, double *a)
 {
-    F(dot_p)(dy, x, n, mu, a);
+    F(dot_p)(dy, gs, x, xs, rows, n, mu, a);
 }
 static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P ml, P a, P s)
 {
@@ -433,13 +451,13 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
         for (int64_t b = b0; b < b1; b++) {
             double ls[BNC_LANES] = {0}, lq[BNC_LANES] = {0};
             bnc_moments_t blk;
+            const T *xb;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
-            for (int64_t r = r0; r < r1; r++)
-                F(run_sum)(xc + r * k->xs.outer + i0, i1 - i0, K, ls);
+            xb = xc + r0 * k->xs.outer + i0;
+            F(run_sum)(xb, r1 - r0, k->xs.outer, i1 - i0, K, ls);
             blk.n = (double)((r1 - r0) * (i1 - i0));
             blk.mean = bnc_lanes_sum(ls) / blk.n;
-            for (int64_t r = r0; r < r1; r++)
-                F(run_sqdev)(xc + r * k->xs.outer + i0, i1 - i0, K, blk.mean, lq);
+            F(run_sqdev)(xb, r1 - r0, k->xs.outer, i1 - i0, K, blk.mean, lq);
             blk.m2 = bnc_lanes_sum(lq);
             acc = bnc_moments_merge(acc, blk);
         }
@@ -604,13 +622,13 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
         P scale = k->write_in_reduce ? k->ca[c] : (P)0;
         for (int64_t b = b0; b < b1; b++) {
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
-            for (int64_t r = r0; r < r1; r++) {
-                const T *dyr = dyc + r * k->dys.outer + i0, *xr = xc + r * k->xs.outer + i0;
-                F(run_sum)(dyr, i1 - i0, 0.0, ldy);
-                F(run_dot)(dyr, xr, i1 - i0, m, ldyx);
-                if (dxc)
-                    F(run_scale)(dyr, dxc + r * k->os.outer + i0, i1 - i0, scale);
-            }
+            F(run_sum)(dyc + r0 * k->dys.outer + i0, r1 - r0, k->dys.outer, i1 - i0, 0.0, ldy);
+            F(run_dot)(dyc + r0 * k->dys.outer + i0, k->dys.outer, xc + r0 * k->xs.outer + i0,
+                       k->xs.outer, r1 - r0, i1 - i0, m, ldyx);
+            if (dxc)
+                for (int64_t r = r0; r < r1; r++)
+                    F(run_scale)(dyc + r * k->dys.outer + i0, dxc + r * k->os.outer + i0,
+                                 i1 - i0, scale);
         }
         part[0] = bnc_lanes_sum(ldy);
         part[1] = bnc_lanes_sum(ldyx);
@@ -1010,6 +1028,7 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
 }
 
 #undef BNC_VLOAD
+#undef BNC_STEP
 #undef BNC_FLUSH1
 #undef BNC_FLUSH4
 #undef F
