@@ -1,9 +1,9 @@
 """bnc - batch normalization for NumPy arrays, with C + OpenMP kernels.
 
 Functional API (see API.md): batch_norm, batch_norm_forward, batch_norm_backward,
-batch_norm_stats, combine_stats, update_running_stats; thread control:
-get_num_threads, set_num_threads, num_threads, openmp_enabled. `bnc.reference`
-holds readable float64 NumPy twins of every op.
+batch_norm_stats, combine_stats, update_running_stats, fold_batch_norm; thread
+control: get_num_threads, set_num_threads, num_threads, openmp_enabled.
+`bnc.reference` holds readable float64 NumPy twins of the kernels' ops.
 """
 from bnc._core import c_version as _c_version
 from bnc.batchnorm import (
@@ -18,6 +18,7 @@ from bnc.batchnorm import (
     combine_stats,
     update_running_stats,
 )
+from bnc.fold import Folded, fold_batch_norm
 from bnc.threads import get_num_threads, num_threads, openmp_enabled, set_num_threads
 
 __version__ = "0.1.0"
@@ -34,6 +35,8 @@ __all__ = [
     "batch_norm_stats",
     "combine_stats",
     "update_running_stats",
+    "Folded",
+    "fold_batch_norm",
     "get_num_threads",
     "set_num_threads",
     "num_threads",

@@ -521,3 +521,8 @@ def test_torch_conv_transpose_bn(dtype):
         expected = bn(conv(x)).numpy()
         actual = fused(x).numpy()
     assert_close(actual, expected, OUT_TOL[dtype], "fused transposed conv")
+
+
+def test_exported_from_the_package():
+    assert bnc.fold_batch_norm is fold_batch_norm and bnc.Folded is Folded
+    assert "fold_batch_norm" in bnc.__all__
