@@ -25,7 +25,8 @@ cnp.import_array()
 from numpy.lib.array_utils import normalize_axis_index
 
 __all__ = [
-    "batch_norm_stats", "batch_norm_forward_raw", "batch_norm_backward_raw",
+    "batch_norm_stats", "batch_norm_forward_raw", "batch_renorm_forward_raw",
+    "batch_norm_backward_raw",
     "batch_norm_backward_reduce", "batch_norm_backward_elemt",
     "get_num_threads", "set_num_threads", "openmp_enabled", "c_version",
 ]
@@ -183,6 +184,12 @@ cdef object _param(object v, str name, int64_t C, object xdt):
     if v.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},), one value per channel, got {v.shape}")
     return np.ascontiguousarray(v, dtype=pdt)
+
+
+def check_param(v, name, C, xdtype):
+    """A per-channel input as a contiguous (C,) array of the statistics dtype
+    of `xdtype` (None stays None); TypeError/ValueError naming `name`."""
+    return _param(v, name, C, np.dtype(xdtype))
 
 
 def check_eps(eps):
@@ -466,6 +473,27 @@ cdef int _fwd_train(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
                                        <float *>si, <float *>sv, nt)
 
 
+cdef int _renorm_train(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
+                       void *b, void *rm, void *rv, double rmax, double dmax, double eps,
+                       void *y, bnc_strides_t ys, void *sm, void *si, void *sv, void *sr,
+                       void *sd, int nt) noexcept nogil:
+    if isz == 4:
+        return bnc_batchrenorm_fwd_train_f32(d, <float *>x, xs, <float *>w, <float *>b,
+                                             <float *>rm, <float *>rv, rmax, dmax, eps,
+                                             <float *>y, ys, <float *>sm, <float *>si,
+                                             <float *>sv, <float *>sr, <float *>sd, nt)
+    if isz == 8:
+        return bnc_batchrenorm_fwd_train_f64(d, <double *>x, xs, <double *>w,
+                                             <double *>b, <double *>rm, <double *>rv,
+                                             rmax, dmax, eps, <double *>y, ys,
+                                             <double *>sm, <double *>si, <double *>sv,
+                                             <double *>sr, <double *>sd, nt)
+    return bnc_batchrenorm_fwd_train_f16(d, <bnc_f16_t *>x, xs, <float *>w, <float *>b,
+                                         <float *>rm, <float *>rv, rmax, dmax, eps,
+                                         <bnc_f16_t *>y, ys, <float *>sm, <float *>si,
+                                         <float *>sv, <float *>sr, <float *>sd, nt)
+
+
 cdef int _fwd_eval(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
                    void *b, void *m, void *v, double eps, void *y, bnc_strides_t ys,
                    int nt) noexcept nogil:
@@ -609,10 +637,58 @@ def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
     returns (y, None, None, None). Every argument is validated before anything
     is written.
     """
+    return _forward_raw(x, weight, bias, mean, var, eps, channel_axis, out, n_threads,
+                        training, None, None, 1.0, 0.0)[:4]
+
+
+def batch_renorm_forward_raw(x, weight, bias, running_mean, running_var, rmax, dmax, eps,
+                             channel_axis, out, n_threads):
+    """Training forward of batch renorm behind bnc.batch_renorm_forward:
+    (y, save_mean, save_invstd, save_var, r, d). running_mean/running_var are
+    only read. Every argument is validated before anything is written."""
+    if running_mean is None or running_var is None:
+        raise ValueError("batch renorm needs running_mean and running_var (r and d are "
+                         "taken against them)")
+    return _forward_raw(x, weight, bias, None, None, eps, channel_axis, out, n_threads,
+                        True, running_mean, running_var, check_rmax(rmax), check_dmax(dmax))
+
+
+def check_rmax(rmax):
+    """rmax as a float; ValueError unless >= 1 (+inf: r is not clipped)."""
+    r = _real(rmax, "rmax")
+    if not r >= 1.0:
+        raise ValueError(f"rmax must be >= 1 (r is clipped to [1/rmax, rmax]), got {rmax!r}")
+    return r
+
+
+def check_dmax(dmax):
+    """dmax as a float; ValueError unless >= 0 (+inf: d is not clipped)."""
+    d = _real(dmax, "dmax")
+    if not d >= 0.0:
+        raise ValueError(f"dmax must be >= 0 (d is clipped to [-dmax, dmax]), got {dmax!r}")
+    return d
+
+
+cdef double _real(object v, str name) except? -1.0:
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got bool")
+    if isinstance(v, (str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}") from None
+
+
+cdef tuple _forward_raw(x, weight, bias, mean, var, eps, channel_axis, out, n_threads,
+                        bint training, rmean, rvar, double rmax, double dmax):
+    """Both forwards: batch norm (rmean None) or, in training, batch renorm
+    against rmean/rvar. Returns (y, save_mean, save_invstd, save_var, r, d)."""
     x = _as_input(x, "x")
     cdef int axis = _axis(channel_axis, x.ndim)
     cdef double e = check_eps(eps)
     cdef int64_t C = x.shape[axis]
+    cdef bint renorm = rmean is not None
     xdt = x.dtype
     if training and x.size // C < 2:
         raise ValueError("Expected more than 1 value per channel when training, "
@@ -622,11 +698,15 @@ def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
     if not training:
         mean = _param(mean, "mean", C, xdt)
         var = _param(var, "var", C, xdt)
+    if renorm:
+        rmean = _param(rmean, "running_mean", C, xdt)
+        rvar = _param(rvar, "running_var", C, xdt)
     cdef int nt = _threads(n_threads)
     if out is not None:
         _check_out(out, x, "out")
         _refuse_overlap(out, "out", [(x, "x"), (weight, "weight"), (bias, "bias"),
-                                     (mean, "mean"), (var, "var")], x)
+                                     (mean, "mean"), (var, "var"),
+                                     (rmean, "running_mean"), (rvar, "running_var")], x)
 
     cdef _View v = _View(x, axis)
     cdef bnc_dims_t d = v.layout.d
@@ -634,13 +714,18 @@ def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
     y = np.empty_like(x) if out is None else out
     target, yoff = v.target(y, &ys)
     sdt = stat_dtype(xdt)
-    save_mean = save_invstd = save_var = None
+    save_mean = save_invstd = save_var = save_r = save_d = None
     if training and v.npieces > 1:
         # statistics piece by piece, merged; then the normalizing pass
         m64, v64 = _stats_f64(v, nt)
         mean, var = m64.astype(sdt), v64.astype(sdt)
         save_mean, save_var = mean, var
         save_invstd = (1.0 / np.sqrt(v64 + e)).astype(sdt)
+        if renorm:
+            # r and d as the C kernel computes them (float64), folded into
+            # the affine parameters of the normalizing pass
+            weight, bias, save_r, save_d = _renorm_affine(m64, v64, rmean, rvar, rmax,
+                                                          dmax, e, weight, bias, sdt)
         training = False
     cdef int isz = x.itemsize, st = BNC_OK
     cdef Py_ssize_t i, n = v.npieces
@@ -650,15 +735,26 @@ def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
     cdef void *pm
     cdef void *pv
     cdef void *pi
+    cdef void *pr
+    cdef void *pd
+    cdef void *prm
+    cdef void *prv
     cdef char *xa_b = <char *>_ptr(v.x)
     cdef char *target_b = <char *>_ptr(target)
     if training:
         save_mean, save_invstd, save_var = (np.empty(C, sdt), np.empty(C, sdt),
                                             np.empty(C, sdt))
         pm, pi, pv = _ptr(save_mean), _ptr(save_invstd), _ptr(save_var)
-        with nogil:
-            st = _fwd_train(isz, d, xa_b + xo[0], v.xs, pw, pb, e, target_b + yo[0], ys,
-                            pm, pi, pv, nt)
+        if renorm:
+            save_r, save_d = np.empty(C, sdt), np.empty(C, sdt)
+            pr, pd, prm, prv = _ptr(save_r), _ptr(save_d), _ptr(rmean), _ptr(rvar)
+            with nogil:
+                st = _renorm_train(isz, d, xa_b + xo[0], v.xs, pw, pb, prm, prv, rmax,
+                                   dmax, e, target_b + yo[0], ys, pm, pi, pv, pr, pd, nt)
+        else:
+            with nogil:
+                st = _fwd_train(isz, d, xa_b + xo[0], v.xs, pw, pb, e, target_b + yo[0],
+                                ys, pm, pi, pv, nt)
     else:
         pm, pv = _ptr(mean), _ptr(var)
         with nogil:
@@ -670,7 +766,23 @@ def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
     _check(st)
     if target is not y:
         np.copyto(y, target)
-    return y, save_mean, save_invstd, save_var
+    return y, save_mean, save_invstd, save_var, save_r, save_d
+
+
+cdef tuple _renorm_affine(object m64, object v64, object rmean, object rvar, double rmax,
+                          double dmax, double e, object weight, object bias, object sdt):
+    """Batch renorm for x in pieces: r and d (float64, the C kernel's formulas)
+    and the affine parameters w*r, w*d + b of a batch norm with the batch
+    statistics. d = 0 keeps b as it is, so rmax=1, dmax=0 is batch norm."""
+    sigma = np.sqrt(rvar.astype(np.float64) + e)
+    with np.errstate(all="ignore"):  # NaN/Inf propagate
+        r = np.clip(np.sqrt(v64 + e) / sigma, 1.0 / rmax, rmax)
+        dd = np.clip((m64 - rmean.astype(np.float64)) / sigma, -dmax, dmax) + 0.0
+        w = np.ones_like(r) if weight is None else weight.astype(np.float64)
+        b = np.zeros_like(r) if bias is None else bias.astype(np.float64)
+        w2 = (w * r).astype(sdt)
+        b2 = np.where(dd == 0, b, w * dd + b).astype(sdt)
+    return w2, b2, r.astype(sdt), dd.astype(sdt)
 
 
 def batch_norm_backward_raw(grad_out, x, weight, mean, invstd, channel_axis,

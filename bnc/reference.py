@@ -19,11 +19,15 @@ import numpy as np
 
 __all__ = [
     "BatchNormSaved",
+    "BatchRenormSaved",
     "Grads",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
     "batch_norm_stats",
+    "batch_renorm",
+    "batch_renorm_backward",
+    "batch_renorm_forward",
     "combine_stats",
     "update_running_stats",
 ]
@@ -60,6 +64,25 @@ class Grads(NamedTuple):
     grad_input: np.ndarray
     grad_weight: np.ndarray
     grad_bias: np.ndarray
+
+
+class BatchRenormSaved(NamedTuple):
+    """What the batch renorm forward saves: per-channel arrays, shape (C,).
+
+    Attributes
+    ----------
+    mean, invstd, var : ndarray, float64
+        The batch statistics, as in :class:`BatchNormSaved`
+        (``invstd = 1 / sigma_B``).
+    r, d : ndarray, float64
+        The clipped corrections that were applied.
+    """
+
+    mean: np.ndarray
+    invstd: np.ndarray
+    var: np.ndarray
+    r: np.ndarray
+    d: np.ndarray
 
 
 # ---------------------------------------------------------------------------
@@ -469,5 +492,163 @@ def batch_norm(
         var=running_var,
         eps=eps,
         channel_axis=axis,
+    )
+    return y
+
+
+# ---------------------------------------------------------------------------
+# batch renormalization (Ioffe, 2017)
+
+
+def batch_renorm_forward(
+    x,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    *,
+    rmax: float = 1.0,
+    dmax: float = 0.0,
+    eps: float = 1e-5,
+    channel_axis: int = 1,
+):
+    """Batch renorm training forward.
+
+    With the batch mean ``mu_B``, biased batch variance ``var_B``,
+    ``sigma_B = sqrt(var_B + eps)`` and ``sigma = sqrt(running_var + eps)``::
+
+        r = clip(sigma_B / sigma, 1/rmax, rmax)
+        d = clip((mu_B - running_mean) / sigma, -dmax, dmax)
+        y = weight * ((x - mu_B) / sigma_B * r + d) + bias
+
+    Parameters
+    ----------
+    x : array_like, shape (..., C, ...)
+    weight, bias : array_like, shape (C,), or None (ones / zeros)
+    running_mean, running_var : array_like, shape (C,)
+        Only read.
+    rmax : float >= 1
+    dmax : float >= 0
+    eps : float, default 1e-5
+    channel_axis : int, default 1
+
+    Returns
+    -------
+    y : ndarray, float64, same shape as ``x``
+    saved : BatchRenormSaved
+        ``(mean, invstd, var, r, d)``, each (C,) float64.
+    """
+    if not rmax >= 1.0:
+        raise ValueError(f"rmax must be >= 1, got {rmax!r}")
+    if not dmax >= 0.0:
+        raise ValueError(f"dmax must be >= 0, got {dmax!r}")
+    x = _as_f64(x)
+    axis = _channel_axis(x.ndim, channel_axis)
+    C = x.shape[axis]
+    mean, var, _ = batch_norm_stats(x, channel_axis=axis)
+    sigma_b = np.sqrt(var + eps)
+    sigma = np.sqrt(_as_f64(running_var).reshape(C) + eps)
+    r = np.clip(sigma_b / sigma, 1.0 / rmax, rmax)
+    d = np.clip((mean - _as_f64(running_mean).reshape(C)) / sigma, -dmax, dmax)
+    w = _affine(weight, C, 1.0)
+    b = _affine(bias, C, 0.0)
+
+    def bc(v):
+        return _per_channel(v, x.ndim, axis)
+
+    xhat = (x - bc(mean)) / bc(sigma_b)
+    y = bc(w) * (xhat * bc(r) + bc(d)) + bc(b)
+    return y, BatchRenormSaved(mean, 1.0 / sigma_b, var, r, d)
+
+
+def batch_renorm_backward(
+    grad_out,
+    x,
+    weight,
+    saved: BatchRenormSaved,
+    *,
+    channel_axis: int = 1,
+) -> Grads:
+    """Batch renorm backward, r and d held constant.
+
+    ``y = (weight * r) * xhat + (weight * d + bias)`` with xhat a function of
+    x through the batch statistics, so, with ``dy = grad_out``::
+
+        grad_input  = batch norm's backward (use_batch_stats=True) with
+                      weight * r in place of weight
+        grad_weight = r * sum(dy * xhat) + d * sum(dy)
+        grad_bias   = sum(dy)
+
+    Returns
+    -------
+    Grads
+        ``(grad_input, grad_weight, grad_bias)`` in float64.
+    """
+    x = _as_f64(x)
+    axis = _channel_axis(x.ndim, channel_axis)
+    C = x.shape[axis]
+    r = _as_f64(saved.r).reshape(C)
+    d = _as_f64(saved.d).reshape(C)
+    w = _affine(weight, C, 1.0)
+    g = batch_norm_backward(
+        grad_out,
+        x,
+        w * r,
+        BatchNormSaved(saved.mean, saved.invstd, saved.var),
+        channel_axis=axis,
+        use_batch_stats=True,
+    )
+    return Grads(g.grad_input, r * g.grad_weight + d * g.grad_bias, g.grad_bias)
+
+
+def batch_renorm(
+    x,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    *,
+    training: bool = False,
+    rmax: float = 1.0,
+    dmax: float = 0.0,
+    momentum: Optional[float] = 0.1,
+    decay: Optional[float] = None,
+    eps: float = 1e-5,
+    channel_axis: int = 1,
+    correction: int = 1,
+    num_batches_tracked=None,
+):
+    """Batch renormalization with running statistics.
+
+    ``training=True``: :func:`batch_renorm_forward` against the running
+    statistics as they are on entry, then :func:`update_running_stats` with
+    the batch mean and variance. ``training=False``: batch norm inference
+    with the running statistics.
+
+    Returns
+    -------
+    y : ndarray, float64, same shape as ``x``
+    """
+    x = _as_f64(x)
+    axis = _channel_axis(x.ndim, channel_axis)
+    if not training:
+        return batch_norm(
+            x, weight, bias, running_mean, running_var, training=False, eps=eps,
+            channel_axis=axis,
+        )
+    y, saved = batch_renorm_forward(
+        x, weight, bias, running_mean, running_var, rmax=rmax, dmax=dmax, eps=eps,
+        channel_axis=axis,
+    )
+    update_running_stats(
+        running_mean,
+        running_var,
+        saved.mean,
+        saved.var,
+        x.size // x.shape[axis],
+        momentum=momentum,
+        decay=decay,
+        correction=correction,
+        num_batches_tracked=num_batches_tracked,
     )
     return y

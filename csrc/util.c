@@ -26,6 +26,10 @@ const char *bnc_strerror(int status)
         return "out of memory for scratch space";
     case BNC_ERR_COUNT:
         return "count must be >= 1";
+    case BNC_ERR_RMAX:
+        return "rmax must be >= 1 (not NaN)";
+    case BNC_ERR_DMAX:
+        return "dmax must be >= 0 (not NaN)";
     default:
         return "unknown bnc status code";
     }

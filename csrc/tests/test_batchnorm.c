@@ -210,6 +210,26 @@ static int k_fwd_eval(enum dtype t, const view_t *vx, const void *x, const void 
                                       eps, (bnc_f16_t *)py, vy->s, nt);
 }
 
+static int k_renorm(enum dtype t, const view_t *vx, const void *x, const void *w,
+                    const void *b, const void *rm, const void *rv, double rmax, double dmax,
+                    double eps, const view_t *vy, void *y, void *sm, void *si, void *sv,
+                    void *sr, void *sd, int nt)
+{
+    const char *px = (const char *)x + vx->base * (int64_t)dsize(t);
+    char *py = (char *)y + vy->base * (int64_t)dsize(t);
+    if (t == F32)
+        return bnc_batchrenorm_fwd_train_f32(vx->d, (const float *)px, vx->s, w, b, rm, rv,
+                                             rmax, dmax, eps, (float *)py, vy->s, sm, si,
+                                             sv, sr, sd, nt);
+    if (t == F64)
+        return bnc_batchrenorm_fwd_train_f64(vx->d, (const double *)px, vx->s, w, b, rm, rv,
+                                             rmax, dmax, eps, (double *)py, vy->s, sm, si,
+                                             sv, sr, sd, nt);
+    return bnc_batchrenorm_fwd_train_f16(vx->d, (const bnc_f16_t *)px, vx->s, w, b, rm, rv,
+                                         rmax, dmax, eps, (bnc_f16_t *)py, vy->s, sm, si,
+                                         sv, sr, sd, nt);
+}
+
 static int k_bwd(enum dtype t, int train, const view_t *v, const void *dy, const void *x,
                  const void *w, const void *m, const void *is, void *dx, void *dw,
                  void *db, int nt)
@@ -588,6 +608,150 @@ static void test_numerics(void)
     free(y);
 }
 
+/* ---- batch renorm: y against a double reference; rmax = 1, dmax = 0 is
+ * batch norm bit for bit; r and d hit both bounds of their clipping ---- */
+
+static double clip(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+static void run_renorm_case(bnc_dims_t d, int layout, enum dtype t, int nt)
+{
+    const int64_t C = d.channels, total = d.outer * C * d.inner;
+    const double tol = t == F64 ? 1e-12 : t == F32 ? 2e-5 : 4e-3, eps = 1e-5;
+    const double rmax = 1.5, dmax = 0.5;
+    view_t v = make_view(d, layout);
+    size_t bytes = (size_t)v.len * dsize(t), pbytes = (size_t)C * (t == F64 ? 8 : 4);
+    void *x = calloc(1, bytes), *y = calloc(1, bytes), *y2 = calloc(1, bytes);
+    double *w = malloc(sizeof(double) * (size_t)C), *b = malloc(sizeof(double) * (size_t)C);
+    double *mu = malloc(sizeof(double) * (size_t)C), *var = malloc(sizeof(double) * (size_t)C);
+    double *rm = malloc(sizeof(double) * (size_t)C), *rv = malloc(sizeof(double) * (size_t)C);
+    double *rr = malloc(sizeof(double) * (size_t)C), *rd = malloc(sizeof(double) * (size_t)C);
+    double *tmp = malloc(sizeof(double) * (size_t)C), *ry = malloc(sizeof(double) * (size_t)total);
+    void *s[5], *s2[5];
+    int lo_r = 0, hi_r = 0, lo_d = 0, hi_d = 0;
+    char what[160];
+    snprintf(what, sizeof what, "renorm %s outer=%lld C=%lld inner=%lld layout=%d nt=%d",
+             dname[t], (long long)d.outer, (long long)C, (long long)d.inner, layout, nt);
+    for (int k = 0; k < 5; k++) {
+        s[k] = malloc(pbytes);
+        s2[k] = malloc(pbytes);
+    }
+    for (int64_t o = 0; o < d.outer; o++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < d.inner; i++)
+                put(t, x, at(&v, o, c, i), 0.5 * (double)(c % 5) + (1 + 0.25 * (double)c) * nrand());
+    ref_stats(&v, t, x, mu, var);
+    for (int64_t c = 0; c < C; c++) {
+        /* running stats around the batch's: r from 0.25x to 4x, d from -2 to 2 */
+        double sig = sqrt(var[c] + eps), ratio = pow(2.0, 4 * urand() - 2);
+        w[c] = 0.5 + urand();
+        b[c] = nrand();
+        rv[c] = sig * sig * ratio * ratio - eps;
+        rv[c] = rv[c] > 0 ? rv[c] : 0;
+        rm[c] = mu[c] - (4 * urand() - 2) * sqrt(rv[c] + eps);
+        if (t != F64) {
+            w[c] = (float)w[c];
+            b[c] = (float)b[c];
+            rm[c] = (float)rm[c];
+            rv[c] = (float)rv[c];
+        }
+        sig = sqrt(rv[c] + eps);
+        rr[c] = clip(sqrt(var[c] + eps) / sig, 1 / rmax, rmax);
+        rd[c] = clip((mu[c] - rm[c]) / sig, -dmax, dmax);
+        lo_r += rr[c] == 1 / rmax;
+        hi_r += rr[c] == rmax;
+        lo_d += rd[c] == -dmax;
+        hi_d += rd[c] == dmax;
+    }
+    {
+        void *pw = to_p(t, w, C), *pb = to_p(t, b, C), *prm = to_p(t, rm, C),
+             *prv = to_p(t, rv, C);
+        int64_t k = 0;
+        CHECK(k_renorm(t, &v, x, pw, pb, prm, prv, rmax, dmax, eps, &v, y, s[0], s[1], s[2],
+                       s[3], s[4], nt) == BNC_OK, "status %s", what);
+        for (int64_t o = 0; o < d.outer; o++)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t i = 0; i < d.inner; i++, k++)
+                    ry[k] = w[c] * ((get(t, x, at(&v, o, c, i)) - mu[c]) / sqrt(var[c] + eps) * rr[c] + rd[c]) + b[c];
+        CHECK(view_err(&v, t, y, ry) <= tol, "y %s: %g", what, view_err(&v, t, y, ry));
+        from_p(t, s[3], tmp, C);
+        CHECK(vec_err(tmp, rr, C) <= (t == F64 ? 1e-12 : 1e-6), "save_r %s", what);
+        from_p(t, s[4], tmp, C);
+        CHECK(vec_err(tmp, rd, C) <= (t == F64 ? 1e-12 : 1e-6), "save_d %s", what);
+        if (C >= 16)
+            CHECK(lo_r && hi_r && lo_d && hi_d, "clipping not exercised %s", what);
+
+        /* rmax = 1, dmax = 0: batch norm's training forward, same bits */
+        memset(y, 0, bytes);
+        memset(y2, 0, bytes);
+        CHECK(k_renorm(t, &v, x, pw, pb, prm, prv, 1.0, 0.0, eps, &v, y, s[0], s[1], s[2],
+                       s[3], s[4], nt) == BNC_OK, "status rmax=1 %s", what);
+        CHECK(k_fwd_train(t, &v, x, pw, pb, eps, &v, y2, s2[0], s2[1], s2[2], nt) == BNC_OK,
+              "status bn %s", what);
+        CHECK(!memcmp(y, y2, bytes) && !memcmp(s[0], s2[0], pbytes) &&
+                  !memcmp(s[1], s2[1], pbytes) && !memcmp(s[2], s2[2], pbytes),
+              "rmax=1, dmax=0 differs from batch norm %s", what);
+        from_p(t, s[3], tmp, C);
+        for (int64_t c = 0; c < C; c++)
+            CHECK(tmp[c] == 1.0, "r != 1 with rmax=1 %s", what);
+        from_p(t, s[4], tmp, C);
+        for (int64_t c = 0; c < C; c++)
+            CHECK(tmp[c] == 0.0 && !signbit(tmp[c]), "d != +0 with dmax=0 %s", what);
+
+        /* bit-identical for 1..4 threads, save_* may be NULL */
+        if (bnc_openmp_enabled()) {
+            k_renorm(t, &v, x, pw, pb, prm, prv, rmax, dmax, eps, &v, y, s[0], s[1], s[2],
+                     s[3], s[4], 1);
+            for (int n = 2; n <= 4; n++) {
+                CHECK(k_renorm(t, &v, x, pw, pb, prm, prv, rmax, dmax, eps, &v, y2, NULL,
+                               NULL, NULL, s2[3], NULL, n) == BNC_OK, "status NULL saves %s", what);
+                CHECK(!memcmp(y, y2, bytes) && !memcmp(s[3], s2[3], pbytes),
+                      "renorm differs with %d threads %s", n, what);
+            }
+        }
+        free(pw);
+        free(pb);
+        free(prm);
+        free(prv);
+    }
+    for (int k = 0; k < 5; k++) {
+        free(s[k]);
+        free(s2[k]);
+    }
+    free(x); free(y); free(y2); free(w); free(b); free(mu); free(var); free(rm); free(rv);
+    free(rr); free(rd); free(tmp); free(ry);
+}
+
+static void test_renorm_errors(void)
+{
+    float x[8] = {0}, y[8], m[2] = {0, 0}, v[2] = {1, 1};
+    bnc_dims_t d = {2, 2, 2};
+    bnc_strides_t s = BNC_CONTIGUOUS(d);
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, NULL, v, 2, 1, 1e-5, y, s, NULL,
+                                        NULL, NULL, NULL, NULL, 1) == BNC_ERR_NULL,
+          "renorm NULL running_mean");
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, m, NULL, 2, 1, 1e-5, y, s, NULL,
+                                        NULL, NULL, NULL, NULL, 1) == BNC_ERR_NULL,
+          "renorm NULL running_var");
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, m, v, 0.5, 1, 1e-5, y, s, NULL,
+                                        NULL, NULL, NULL, NULL, 1) == BNC_ERR_RMAX, "rmax < 1");
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, m, v, NAN, 1, 1e-5, y, s, NULL,
+                                        NULL, NULL, NULL, NULL, 1) == BNC_ERR_RMAX, "rmax NaN");
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, m, v, 2, -1, 1e-5, y, s, NULL,
+                                        NULL, NULL, NULL, NULL, 1) == BNC_ERR_DMAX, "dmax < 0");
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, m, v, 2, NAN, 1e-5, y, s, NULL,
+                                        NULL, NULL, NULL, NULL, 1) == BNC_ERR_DMAX, "dmax NaN");
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, m, v, 2, 1, 0.0, y, s, NULL,
+                                        NULL, NULL, NULL, NULL, 1) == BNC_ERR_EPS, "renorm eps");
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, m, v, 2, 1, 1e-5, y, s, NULL,
+                                        NULL, NULL, NULL, NULL, 0) == BNC_ERR_THREADS,
+          "renorm threads");
+    CHECK(bnc_batchrenorm_fwd_train_f32(d, x, s, NULL, NULL, m, v, INFINITY, INFINITY, 1e-5,
+                                        y, s, NULL, NULL, NULL, NULL, NULL, 1) == BNC_OK,
+          "rmax = dmax = inf (no clipping) is valid");
+    CHECK(strcmp(bnc_strerror(BNC_ERR_RMAX), bnc_strerror(BNC_ERR_DMAX)) != 0,
+          "rmax and dmax errors have their own messages");
+}
+
 int main(void)
 {
     static const bnc_dims_t shapes[] = {
@@ -611,6 +775,13 @@ int main(void)
     run_case((bnc_dims_t){8, 16, 1024}, 0, F64, 1e8, 2);
     run_case((bnc_dims_t){8, 16, 1024}, 0, F32, 1e4, 2);
     run_case((bnc_dims_t){50, 4, 60}, 0, F32, 1e4, 2);
+    test_renorm_errors();
+    for (int si = 0; si < nshapes; si++)
+        for (int layout = 0; layout < 4; layout++)
+            for (int t = 0; t < 3; t++)
+                run_renorm_case(shapes[si], layout, (enum dtype)t, 1 + (si + layout) % 3);
+    run_renorm_case((bnc_dims_t){32, 64, 60}, 0, F32, 2);  /* fused per-channel sweep */
+    run_renorm_case((bnc_dims_t){3000, 40, 1}, 1, F64, 2); /* interleaved */
     if (bnc_openmp_enabled()) {
         static const bnc_dims_t tshapes[] = {
             {64, 1, 1000}, {4, 3, 20000}, {32, 64, 60}, {3000, 16, 1}, {2048, 3, 1}, {50, 5, 700},

@@ -26,6 +26,9 @@ typedef struct {
     double *mean, *var;            /* statistics (stats kernel) */
     double *sum_dy, *sum_dy_xhat;  /* backward sums (reduce kernel) */
     P *save_mean, *save_invstd, *save_var;
+    const P *run_mean, *run_var;   /* batch renorm: r and d against these (else NULL) */
+    double rmax, dmax;
+    P *save_r, *save_d;
     P *dweight, *dbias;
     P *cm, *cl, *ca, *cb, *cg;     /* per-channel coefficients, see the apply passes */
 } F(ctx_t);
@@ -295,13 +298,38 @@ static inline void F(repeat)(P *restrict dst, const P *restrict src, int64_t C, 
 
 /* Normalizing pass: y = ((x - cm) - cl) * ca + cb. The mean is split into a
  * P-rounded head cm and the rest cl: x - cm is exact for x near the mean, so
- * float32 data far from zero (|mean|/std = 1e4) still normalizes to ~1 ulp. */
-static void F(set_norm_coef)(F(ctx_t) *k, int64_t c, double mean, double invstd)
+ * float32 data far from zero (|mean|/std = 1e4) still normalizes to ~1 ulp.
+ * Batch renorm's y = w * (xhat * r + d) + b is the same pass with
+ * ca = w * r * invstd and cb = w * d + b; batch norm is r = 1, d = 0, which
+ * gives the same bits (w * 1 is w, and d = 0 keeps the bias as it is). */
+static void F(set_norm_coef)(F(ctx_t) *k, int64_t c, double mean, double invstd, double r,
+                             double d)
 {
+    double w = k->weight ? (double)k->weight[c] : 1.0;
     k->cm[c] = (P)mean;
     k->cl[c] = (P)(mean - (double)k->cm[c]);
-    k->ca[c] = (P)((k->weight ? (double)k->weight[c] : 1.0) * invstd);
+    k->ca[c] = (P)(w * r * invstd);
     k->cb[c] = k->bias ? k->bias[c] : (P)0;
+    if (d != 0)
+        k->cb[c] = (P)(w * d + (double)k->cb[c]);
+}
+
+/* Batch renorm's corrections from the batch statistics (mean, biased var)
+ * and the running ones, all in double: with sigma_B = sqrt(var + eps) and
+ * sigma = sqrt(running_var + eps),
+ *   r = clip(sigma_B / sigma, 1/rmax, rmax),
+ *   d = clip((mean - running_mean) / sigma, -dmax, dmax).
+ * NaN propagates (a NaN ratio is not clipped). */
+static void F(renorm_rd)(const F(ctx_t) *k, int64_t c, double mean, double var, double *r,
+                         double *d)
+{
+    double sigma = sqrt((double)k->run_var[c] + k->eps);
+    double rr = sqrt(var + k->eps) / sigma, dd = (mean - (double)k->run_mean[c]) / sigma;
+    double rmin = 1.0 / k->rmax;
+    rr = rr < rmin ? rmin : rr > k->rmax ? k->rmax : rr;
+    dd = dd < -k->dmax ? -k->dmax : dd > k->dmax ? k->dmax : dd;
+    *r = rr;
+    *d = dd + 0.0; /* dmax = 0 clips to -0.0: store +0.0 */
 }
 
 /* Backward pass: dx = ((dy - ca) - (x - cm) * cg) * cb, from the sums over
@@ -539,7 +567,17 @@ static void F(finalize_moments)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t 
         if (!k->cm)
             continue;
         invstd = 1.0 / sqrt(var + k->eps);
-        F(set_norm_coef)(k, ch, mu, invstd);
+        if (k->run_mean) {
+            double r, dd;
+            F(renorm_rd)(k, ch, mu, var, &r, &dd);
+            F(set_norm_coef)(k, ch, mu, invstd, r, dd);
+            if (k->save_r)
+                k->save_r[ch] = (P)r;
+            if (k->save_d)
+                k->save_d[ch] = (P)dd;
+        } else {
+            F(set_norm_coef)(k, ch, mu, invstd, 1.0, 0.0);
+        }
         if (k->save_mean)
             k->save_mean[ch] = (P)mu;
         if (k->save_invstd)
@@ -852,10 +890,13 @@ int F(bnc_batchnorm_stats)(bnc_dims_t d, const T *x, bnc_strides_t xs, double *m
     return F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), NULL, n_threads);
 }
 
-int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
-                               const P *weight, const P *bias, double eps, T *y,
-                               bnc_strides_t ys, P *save_mean, P *save_invstd,
-                               P *save_var, int n_threads)
+/* The training forward of batch norm, and of batch renorm when run_mean is
+ * given: one sweep, r and d set with the coefficients of each channel as
+ * soon as its statistics are final (see finalize_moments). */
+static int F(fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weight,
+                        const P *bias, const P *run_mean, const P *run_var, double rmax,
+                        double dmax, double eps, T *y, bnc_strides_t ys, P *save_mean,
+                        P *save_invstd, P *save_var, P *save_r, P *save_d, int n_threads)
 {
     F(ctx_t) k = {0};
     int st = bnc_check_dims(d, n_threads);
@@ -877,12 +918,47 @@ int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.save_mean = save_mean;
     k.save_invstd = save_invstd;
     k.save_var = save_var;
+    k.run_mean = run_mean;
+    k.run_var = run_var;
+    k.rmax = rmax;
+    k.dmax = dmax;
+    k.save_r = save_r;
+    k.save_d = save_d;
     if ((st = F(coef_alloc)(&k, 4)))
         return st;
     st = F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), F(apply_norm),
                   n_threads);
     free(k.ca);
     return st;
+}
+
+int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
+                               const P *weight, const P *bias, double eps, T *y,
+                               bnc_strides_t ys, P *save_mean, P *save_invstd,
+                               P *save_var, int n_threads)
+{
+    return F(fwd_train)(d, x, xs, weight, bias, NULL, NULL, 1.0, 0.0, eps, y, ys, save_mean,
+                        save_invstd, save_var, NULL, NULL, n_threads);
+}
+
+int F(bnc_batchrenorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
+                                 const P *weight, const P *bias, const P *running_mean,
+                                 const P *running_var, double rmax, double dmax,
+                                 double eps, T *y, bnc_strides_t ys, P *save_mean,
+                                 P *save_invstd, P *save_var, P *save_r, P *save_d,
+                                 int n_threads)
+{
+    int st = bnc_check_dims(d, n_threads);
+    if (st)
+        return st;
+    if (!running_mean || !running_var)
+        return BNC_ERR_NULL;
+    if (!(rmax >= 1.0)) /* NaN too; +inf: r unclipped */
+        return BNC_ERR_RMAX;
+    if (!(dmax >= 0.0))
+        return BNC_ERR_DMAX;
+    return F(fwd_train)(d, x, xs, weight, bias, running_mean, running_var, rmax, dmax, eps,
+                        y, ys, save_mean, save_invstd, save_var, save_r, save_d, n_threads);
 }
 
 int F(bnc_batchnorm_fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs,
@@ -909,7 +985,7 @@ int F(bnc_batchnorm_fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.weight = weight;
     k.bias = bias;
     for (int64_t c = 0; c < d.channels; c++)
-        F(set_norm_coef)(&k, c, (double)mean[c], 1.0 / sqrt((double)var[c] + eps));
+        F(set_norm_coef)(&k, c, (double)mean[c], 1.0 / sqrt((double)var[c] + eps), 1.0, 0.0);
     st = F(sweep)(&k, 0, 0, NULL, NULL, F(apply_norm), n_threads);
     free(k.ca);
     return st;

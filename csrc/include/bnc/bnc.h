@@ -50,7 +50,9 @@ extern "C" {
 #define BNC_ERR_THREADS (-4)   /* n_threads < 1 */
 #define BNC_ERR_NOMEM (-5)     /* scratch allocation failed */
 #define BNC_ERR_COUNT (-6)     /* count < 1 where a mean is taken */
-#define BNC_ERR_LAST BNC_ERR_COUNT
+#define BNC_ERR_RMAX (-7)      /* batch renorm: rmax is NaN or < 1 */
+#define BNC_ERR_DMAX (-8)      /* batch renorm: dmax is NaN or < 0 */
+#define BNC_ERR_LAST BNC_ERR_DMAX
 
 /* Sizes of the canonical view. */
 typedef struct bnc_dims {
@@ -129,6 +131,25 @@ bnc_f16_t bnc_f32_to_f16(float f);
  *     The two halves of bwd_train, for synchronized batch norm: the sums are
  *     double[C] and may be all-reduced across processes between the calls;
  *     count is the global number of elements per channel.
+ *
+ * bnc_batchrenorm_fwd_train_SFX(d, x, xs, weight, bias, running_mean,
+ *                               running_var, rmax, dmax, eps, y, ys,
+ *                               save_mean, save_invstd, save_var, save_r,
+ *                               save_d, n_threads)
+ *     Batch renormalization (Ioffe 2017), training forward. With the batch
+ *     statistics mean, var (biased), sigma_B = sqrt(var + eps) and
+ *     sigma = sqrt(running_var + eps), per channel and in double:
+ *       r = clip(sigma_B / sigma, 1/rmax, rmax),
+ *       d = clip((mean - running_mean) / sigma, -dmax, dmax),
+ *       y = weight * ((x - mean) / sigma_B * r + d) + bias,
+ *     computed as one normalizing pass with coefficients weight*r*invstd and
+ *     weight*d + bias, in the same sweep as batch norm's fwd_train (a slab is
+ *     normalized while in cache). running_mean/running_var (P[C]) are read
+ *     only, never updated. rmax >= 1 and dmax >= 0 (+inf: no clipping),
+ *     else BNC_ERR_RMAX / BNC_ERR_DMAX; rmax = 1, dmax = 0 gives batch norm's
+ *     y bit for bit. save_* (P[C]) may each be NULL; save_r and save_d
+ *     receive r and d. The backward is batch norm's bwd_train with weight*r
+ *     (r and d are constants); dweight = r*sum(dy*xhat) + d*sum(dy).
  */
 #define BNC_DECLARE_BATCHNORM(T, P, SFX)                                      \
     int bnc_batchnorm_stats_##SFX(bnc_dims_t d, const T *x, bnc_strides_t xs,  \
@@ -157,7 +178,13 @@ bnc_f16_t bnc_f32_to_f16(float f);
         bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *x,              \
         bnc_strides_t xs, const P *weight, const P *mean, const P *invstd,     \
         const double *sum_dy, const double *sum_dy_xhat, int64_t count, T *dx, \
-        bnc_strides_t dxs, int n_threads);
+        bnc_strides_t dxs, int n_threads);                                    \
+    int bnc_batchrenorm_fwd_train_##SFX(                                       \
+        bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weight,           \
+        const P *bias, const P *running_mean, const P *running_var,            \
+        double rmax, double dmax, double eps, T *y, bnc_strides_t ys,          \
+        P *save_mean, P *save_invstd, P *save_var, P *save_r, P *save_d,       \
+        int n_threads);
 
 BNC_DECLARE_BATCHNORM(float, float, f32)
 BNC_DECLARE_BATCHNORM(double, double, f64)
