@@ -1,8 +1,9 @@
 """bnc - batch normalization for NumPy arrays, with C + OpenMP kernels.
 
 Functional API (see API.md): batch_norm, batch_norm_forward, batch_norm_backward,
-batch_norm_stats, combine_stats, update_running_stats, fold_batch_norm; thread
-control: get_num_threads, set_num_threads, num_threads, openmp_enabled.
+batch_norm_stats, combine_stats, update_running_stats, batch_renorm,
+batch_renorm_forward, batch_renorm_backward, fold_batch_norm; thread control:
+get_num_threads, set_num_threads, num_threads, openmp_enabled.
 `bnc.reference` holds readable float64 NumPy twins of the kernels' ops.
 """
 from bnc._core import c_version as _c_version
@@ -17,6 +18,12 @@ from bnc.batchnorm import (
     batch_norm_stats,
     combine_stats,
     update_running_stats,
+)
+from bnc.batchrenorm import (
+    BatchRenormSaved,
+    batch_renorm,
+    batch_renorm_backward,
+    batch_renorm_forward,
 )
 from bnc.fold import Folded, fold_batch_norm
 from bnc.threads import get_num_threads, num_threads, openmp_enabled, set_num_threads
@@ -35,6 +42,10 @@ __all__ = [
     "batch_norm_stats",
     "combine_stats",
     "update_running_stats",
+    "BatchRenormSaved",
+    "batch_renorm",
+    "batch_renorm_forward",
+    "batch_renorm_backward",
     "Folded",
     "fold_batch_norm",
     "get_num_threads",

@@ -475,3 +475,10 @@ def test_backward_bad_input():
     with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
         batch_renorm_backward(g, x, np.ones(4), saved, out=out)
     assert np.all(out == 7.0)
+
+
+def test_exported_from_the_package():
+    import bnc
+    for name in ("batch_renorm", "batch_renorm_forward", "batch_renorm_backward",
+                 "BatchRenormSaved"):
+        assert name in bnc.__all__ and getattr(bnc, name) is getattr(bnc.batchrenorm, name)
