@@ -59,6 +59,22 @@ def rel_err(actual, expected):
     return num / den if den > 0 else num
 
 
+def numeric_grad(f, a, h=1e-5):
+    """Central differences of the scalar function f() with respect to the array
+    a, which f reads and this perturbs in place (restored afterwards)."""
+    g = np.empty_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = f()
+        flat[i] = old - h
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * h)
+    return g
+
+
 def assert_close(actual, expected, tol, what="result", atol=0.0):
     """Norm-wise relative comparison; NaN and +-Inf must be at the same places.
 

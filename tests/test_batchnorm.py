@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import bnc
 from bnc import reference as ref
 from conftest import (
+    numeric_grad,
     DTYPE_IDS,
     DTYPES,
     LAYOUTS,
@@ -474,25 +475,11 @@ def test_backward_finite_differences(frozen, shape, channel_axis):
                                       channel_axis=channel_axis)
     gi, gw, gb = bnc.batch_norm_backward(g, x, w, saved, channel_axis=channel_axis,
                                          use_batch_stats=not frozen)
-    h = 1e-6
-
-    def numgrad(arr, f):
-        out = np.zeros_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + h
-            fp = f()
-            arr[i] = old - h
-            fm = f()
-            arr[i] = old
-            out[i] = (fp - fm) / (2 * h)
-        return out
-
     x1, w1, b1 = x.copy(), w.copy(), b.copy()
     f = lambda: loss(x1, w1, b1)  # noqa: E731
-    assert_close(gi, numgrad(x1, f), 1e-6, "grad_input")
-    assert_close(gw, numgrad(w1, f), 1e-6, "grad_weight")
-    assert_close(gb, numgrad(b1, f), 1e-6, "grad_bias")
+    assert_close(gi, numeric_grad(f, x1, 1e-6), 1e-6, "grad_input")
+    assert_close(gw, numeric_grad(f, w1, 1e-6), 1e-6, "grad_weight")
+    assert_close(gb, numeric_grad(f, b1, 1e-6), 1e-6, "grad_bias")
 
 
 @dtypes

@@ -15,6 +15,7 @@ from bnc import reference as ref
 from bnc.batchrenorm import BatchRenormSaved, batch_renorm, batch_renorm_backward, \
     batch_renorm_forward
 from conftest import (
+    numeric_grad,
     DTYPE_IDS,
     DTYPES,
     LAYOUTS,
@@ -226,25 +227,11 @@ def test_backward_finite_differences(shape, channel_axis):
         return float(np.sum(g * y))
 
     gi, gw, gb = batch_renorm_backward(g, x, w, saved, channel_axis=channel_axis)
-    h = 1e-6
-
-    def numgrad(arr, f):
-        out = np.zeros_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + h
-            fp = f()
-            arr[i] = old - h
-            fm = f()
-            arr[i] = old
-            out[i] = (fp - fm) / (2 * h)
-        return out
-
     x1, w1, b1 = x.copy(), w.copy(), b.copy()
     f = lambda: loss(x1, w1, b1)  # noqa: E731
-    assert_close(gi, numgrad(x1, f), 1e-6, "grad_input")
-    assert_close(gw, numgrad(w1, f), 1e-6, "grad_weight")
-    assert_close(gb, numgrad(b1, f), 1e-6, "grad_bias")
+    assert_close(gi, numeric_grad(f, x1, 1e-6), 1e-6, "grad_input")
+    assert_close(gw, numeric_grad(f, w1, 1e-6), 1e-6, "grad_weight")
+    assert_close(gb, numeric_grad(f, b1, 1e-6), 1e-6, "grad_bias")
 
 
 def test_reference_backward_finite_differences():
@@ -253,22 +240,14 @@ def test_reference_backward_finite_differences():
     g = rng.standard_normal(x.shape)
     _, s = ref.batch_renorm_forward(x, w, b, rm, rv, rmax=1.3, dmax=0.2)
     gr = ref.batch_renorm_backward(g, x, w, s)
-    h = 1e-6
-    num = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += h
-        xm[i] -= h
-        yp = ref.batch_renorm_forward(xp, w, b, rm, rv, rmax=1.3, dmax=0.2)[0]
-        ym = ref.batch_renorm_forward(xm, w, b, rm, rv, rmax=1.3, dmax=0.2)[0]
-        # hold r and d: remove their change from the difference
-        sp = ref.batch_renorm_forward(xp, w, b, rm, rv, rmax=1.3, dmax=0.2)[1]
-        sm = ref.batch_renorm_forward(xm, w, b, rm, rv, rmax=1.3, dmax=0.2)[1]
-        xhp = (xp - sp.mean[None, :, None]) * sp.invstd[None, :, None]
-        xhm = (xm - sm.mean[None, :, None]) * sm.invstd[None, :, None]
-        yp = w[None, :, None] * (xhp * s.r[None, :, None] + s.d[None, :, None]) + b[None, :, None]
-        ym = w[None, :, None] * (xhm * s.r[None, :, None] + s.d[None, :, None]) + b[None, :, None]
-        num[i] = np.sum(g * (yp - ym)) / (2 * h)
+    sd = (1, -1, 1)
+
+    def loss():  # r and d held at the unperturbed values
+        sx = ref.batch_renorm_forward(x, w, b, rm, rv, rmax=1.3, dmax=0.2)[1]
+        xh = (x - sx.mean.reshape(sd)) * sx.invstd.reshape(sd)
+        return float(np.sum(g * (w.reshape(sd) * (xh * s.r.reshape(sd) + s.d.reshape(sd))
+                                 + b.reshape(sd))))
+    num = numeric_grad(loss, x, 1e-6)
     assert_close(gr.grad_input, num, 1e-6)
 
 

@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from conftest import numeric_grad
+
 try:
     from bnc import reference
 except ImportError:  # bnc/__init__.py imports a compiled module not built yet
@@ -246,21 +248,6 @@ def test_channel_axis_is_a_transpose(shape, axis):
 
 # ---------------------------------------------------------------------------
 # backward vs finite differences
-
-
-def numeric_grad(f, a, h=1e-5):
-    """Central differences of the scalar function f with respect to a (in place)."""
-    g = np.empty_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        fp = f()
-        flat[i] = old - h
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * h)
-    return g
 
 
 @pytest.mark.parametrize("use_batch_stats", [True, False])
