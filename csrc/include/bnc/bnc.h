@@ -163,6 +163,50 @@ BNC_DECLARE_BATCHNORM(float, float, f32)
 BNC_DECLARE_BATCHNORM(double, double, f64)
 BNC_DECLARE_BATCHNORM(bnc_f16_t, float, f16)
 
+/*
+ * Layer norm and RMS norm, over contiguous rows.
+ * For each (T, SFX) in (float, f32), (double, f64): x, y, dy, dx are `rows`
+ * C-contiguous rows of D elements (row r at x + r * D); weight, bias,
+ * dweight, dbias are T[D]; the saved statistics are T[rows]. Per-row sums
+ * accumulate in double. weight and bias may be NULL (1 and 0).
+ *
+ * bnc_layernorm_fwd_SFX(rows, D, x, weight, bias, eps, y, save_mean, save_invstd, n_threads)
+ *     y = (x - mean) * invstd * weight + bias per row, mean and biased
+ *     variance of the row, invstd = 1/sqrt(var + eps). save_* may be NULL.
+ *     y may be x (in place).
+ * bnc_layernorm_bwd_SFX(rows, D, dy, x, weight, mean, invstd, dx, dweight, dbias, n_threads)
+ *     g = dy * weight, xhat = (x - mean) * invstd:
+ *     dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) per row;
+ *     dweight = sum over rows of dy * xhat, dbias = sum of dy.
+ *     dx, dweight, dbias may each be NULL.
+ * bnc_rmsnorm_fwd_SFX(rows, D, x, weight, eps, y, save_invrms, n_threads)
+ *     y = x * invrms * weight, invrms = 1/sqrt(mean(x^2) + eps).
+ * bnc_rmsnorm_bwd_SFX(rows, D, dy, x, weight, invrms, dx, dweight, n_threads)
+ *     xhat = x * invrms: dx = invrms * (g - xhat * mean(g * xhat)),
+ *     dweight = sum over rows of dy * xhat.
+ * Column sums are reduced in chunks of rows fixed by the shape and added in
+ * chunk order: results do not depend on n_threads. Scratch: at most
+ * min(rows, 64) x 2 x D doubles.
+ */
+#define BNC_DECLARE_LAYERNORM(T, SFX)                                         \
+    int bnc_layernorm_fwd_##SFX(int64_t rows, int64_t D, const T *x,           \
+                                const T *weight, const T *bias, double eps,    \
+                                T *y, T *save_mean, T *save_invstd,            \
+                                int n_threads);                                \
+    int bnc_layernorm_bwd_##SFX(int64_t rows, int64_t D, const T *dy,          \
+                                const T *x, const T *weight, const T *mean,    \
+                                const T *invstd, T *dx, T *dweight, T *dbias,  \
+                                int n_threads);                                \
+    int bnc_rmsnorm_fwd_##SFX(int64_t rows, int64_t D, const T *x,             \
+                              const T *weight, double eps, T *y,               \
+                              T *save_invrms, int n_threads);                  \
+    int bnc_rmsnorm_bwd_##SFX(int64_t rows, int64_t D, const T *dy,            \
+                              const T *x, const T *weight, const T *invrms,    \
+                              T *dx, T *dweight, int n_threads);
+
+BNC_DECLARE_LAYERNORM(float, f32)
+BNC_DECLARE_LAYERNORM(double, f64)
+
 #ifdef __cplusplus
 }
 #endif
