@@ -15,17 +15,18 @@ cdef extern from "bnc/bnc.h" nogil:
     int bnc_layernorm_bwd_f64(int64_t rows, int64_t D, const double *dy, const double *x, const double *weight, const double *mean, const double *invstd, double *dx, double *dweight, double *dbias, int n_threads)
     int bnc_rmsnorm_fwd_f64(int64_t rows, int64_t D, const double *x, const double *weight, double eps, double *y, double *save_invrms, int n_threads)
     int bnc_rmsnorm_bwd_f64(int64_t rows, int64_t D, const double *dy, const double *x, const double *weight, const double *invrms, double *dx, double *dweight, int n_threads)
+    int bnc_layernorm_fwd_f16(int64_t rows, int64_t D, const bnc_f16_t *x, const float *weight, const float *bias, double eps, bnc_f16_t *y, float *save_mean, float *save_invstd, int n_threads)
+    int bnc_layernorm_bwd_f16(int64_t rows, int64_t D, const bnc_f16_t *dy, const bnc_f16_t *x, const float *weight, const float *mean, const float *invstd, bnc_f16_t *dx, float *dweight, float *dbias, int n_threads)
+    int bnc_rmsnorm_fwd_f16(int64_t rows, int64_t D, const bnc_f16_t *x, const float *weight, double eps, bnc_f16_t *y, float *save_invrms, int n_threads)
+    int bnc_rmsnorm_bwd_f16(int64_t rows, int64_t D, const bnc_f16_t *dy, const bnc_f16_t *x, const float *weight, const float *invrms, bnc_f16_t *dx, float *dweight, int n_threads)
 
 
 cdef object _ln_input(object v, str name):
-    """v as a float32/float64 ndarray in native byte order, not empty."""
+    """v as a float16/32/64 ndarray in native byte order, not empty."""
     a = v if type(v) is np.ndarray else np.asarray(v)
     dt = a.dtype
-    if dt.kind == "f" and dt.itemsize == 2:
-        raise TypeError(f"{name}: float16 is not supported by layer_norm/rms_norm yet; "
-                        "convert to float32 (x.astype(np.float32))")
-    if dt.kind != "f" or dt.itemsize not in (4, 8):
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dt}")
+    if dt.kind != "f" or dt.itemsize not in (2, 4, 8):
+        raise TypeError(f"{name} must be a float16, float32 or float64 array, got dtype {dt}")
     if not dt.isnative:
         a = a.astype(dt.newbyteorder("="))
     if a.ndim < 1:
@@ -37,19 +38,21 @@ cdef object _ln_input(object v, str name):
 
 cdef object _ln_param(object v, str name, tuple shape, object xdt):
     """weight/bias (normalized shape) or saved statistics (leading shape) as a
-    C-contiguous array of x's dtype; None stays None."""
+    C-contiguous array of the statistics dtype (float64 for float64 x, else
+    float32; float16 arrays are accepted for float16 x); None stays None."""
     if v is None:
         return None
+    pdt = _F64 if xdt.itemsize == 8 else _F32
     if isinstance(v, np.ndarray):
-        if v.dtype != xdt:
-            raise TypeError(f"{name} must have dtype {xdt} (the dtype of x), got {v.dtype}")
+        if v.dtype != pdt and v.dtype != xdt:
+            raise TypeError(f"{name} must have dtype {pdt} for {xdt} x, got {v.dtype}")
     else:
         v = np.asarray(v)
         if v.dtype.kind not in "fiu":
             raise TypeError(f"{name} must hold real numbers, got dtype {v.dtype}")
     if v.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
-    return np.ascontiguousarray(v, dtype=xdt)
+    return np.ascontiguousarray(v, dtype=pdt)
 
 
 def layer_norm_check_axis(x_shape, axis):
@@ -75,7 +78,10 @@ def layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, bint rms)
     x = _ln_input(x, "x")
     cdef int ax = layer_norm_check_axis(x.shape, axis)
     xdt = x.dtype
-    cdef double e = np.finfo(xdt).eps if (rms and eps is None) else check_eps(eps)
+    # eps=None: the machine epsilon of the computing dtype (float32 for float16
+    # input), as torch.nn.functional.rms_norm does
+    sdt = stat_dtype(xdt)
+    cdef double e = np.finfo(sdt).eps if (rms and eps is None) else check_eps(eps)
     lead, norm = tuple(x.shape[:ax]), tuple(x.shape[ax:])
     weight = _ln_param(weight, "weight", norm, xdt)
     if rms and bias is not None:
@@ -94,8 +100,8 @@ def layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, bint rms)
         y = out
     else:
         y = np.empty(x.shape, xdt)
-    mean = None if rms else np.empty(lead, xdt)
-    invstd = np.empty(lead, xdt)
+    mean = None if rms else np.empty(lead, sdt)
+    invstd = np.empty(lead, sdt)
     cdef void *px = _ptr(xc)
     cdef void *pw = _ptr_or_null(weight)
     cdef void *pb = _ptr_or_null(bias)
@@ -103,9 +109,17 @@ def layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, bint rms)
     cdef void *pm = _ptr_or_null(mean)
     cdef void *pi = _ptr(invstd)
     cdef int st
-    cdef bint f64 = xdt.itemsize == 8
+    cdef int isz = xdt.itemsize
     with nogil:
-        if f64:
+        if isz == 2:
+            if rms:
+                st = bnc_rmsnorm_fwd_f16(rows, D, <bnc_f16_t *>px, <float *>pw, e,
+                                         <bnc_f16_t *>py, <float *>pi, nt)
+            else:
+                st = bnc_layernorm_fwd_f16(rows, D, <bnc_f16_t *>px, <float *>pw,
+                                           <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
+                                           <float *>pi, nt)
+        elif isz == 8:
             if rms:
                 st = bnc_rmsnorm_fwd_f64(rows, D, <double *>px, <double *>pw, e,
                                          <double *>py, <double *>pi, nt)
@@ -173,8 +187,9 @@ def layer_norm_backward_raw(grad_out, x, weight, mean, invstd, axis, out, n_thre
     xc = np.ascontiguousarray(x)
     dyc = np.ascontiguousarray(dy)
     dx = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, xdt)
-    dweight = np.empty(norm, xdt)
-    dbias = None if rms else np.empty(norm, xdt)
+    sdt = stat_dtype(xdt)
+    dweight = np.empty(norm, sdt)
+    dbias = None if rms else np.empty(norm, sdt)
     cdef void *px = _ptr(xc)
     cdef void *pdy = _ptr(dyc)
     cdef void *pw = _ptr_or_null(weight)
@@ -184,9 +199,18 @@ def layer_norm_backward_raw(grad_out, x, weight, mean, invstd, axis, out, n_thre
     cdef void *pdw = _ptr(dweight)
     cdef void *pdb = _ptr_or_null(dbias)
     cdef int st
-    cdef bint f64 = xdt.itemsize == 8
+    cdef int isz = xdt.itemsize
     with nogil:
-        if f64:
+        if isz == 2:
+            if rms:
+                st = bnc_rmsnorm_bwd_f16(rows, D, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                         <float *>pw, <float *>pi, <bnc_f16_t *>pdx,
+                                         <float *>pdw, nt)
+            else:
+                st = bnc_layernorm_bwd_f16(rows, D, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                           <float *>pw, <float *>pm, <float *>pi,
+                                           <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
+        elif isz == 8:
             if rms:
                 st = bnc_rmsnorm_bwd_f64(rows, D, <double *>pdy, <double *>px,
                                          <double *>pw, <double *>pi, <double *>pdx,

@@ -6,9 +6,13 @@ LayerNormalization's convention); the axes from `axis` to the last form each
 normalized "row" of D elements. weight and bias have the normalized shape
 x.shape[axis:]. The kernels run in C (csrc/layernorm.c) through bnc._core.
 
-dtypes: float32 and float64 (same dtype out; statistics in x's dtype, summed
-in float64). float16 raises TypeError for now. Non-C-contiguous input is
-copied to a C-contiguous array before the kernel runs.
+dtypes: float16, float32 and float64, same dtype out; float16 computes in
+float32. weight, bias, their gradients and the saved statistics are float64
+for float64 x, else float32 (float16 weight/bias are accepted and converted).
+Row sums accumulate in float64. Statistics have the leading shape
+x.shape[:axis] (PyTorch and ONNX keep the normalized axes with size 1).
+Non-C-contiguous x or grad_out is copied to a C-contiguous array before the
+kernel runs. Results do not depend on the number of threads, bit for bit.
 """
 from __future__ import annotations
 
@@ -44,8 +48,9 @@ def layer_norm_forward(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None
 
     Parameters
     ----------
-    x : array_like, float32 or float64, at least 1-D, not empty
-    weight, bias : array_like of shape x.shape[axis:], or None (1 and 0)
+    x : array_like, float16/32/64, at least 1-D, not empty
+    weight, bias : array_like of shape x.shape[axis:], or None (1 and 0);
+        float64 for float64 x, else float32
     axis : int, the first normalized axis (-1: the last axis only)
     eps : float > 0, added to the biased variance inside the square root
     out : ndarray like x, optional; out=x computes in place
@@ -54,8 +59,8 @@ def layer_norm_forward(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None
     Returns
     -------
     y : ndarray like x
-    saved : LayerNormSaved(mean, invstd), each of shape x.shape[:axis] and
-        x's dtype (PyTorch keeps the normalized axes with size 1; reshape with
+    saved : LayerNormSaved(mean, invstd), each of shape x.shape[:axis],
+        float64 for float64 x else float32 (PyTorch keeps the normalized axes with size 1; reshape with
         ``mean.reshape(x.shape[:axis] + (1,) * (x.ndim - axis))`` if needed)
     """
     y, mean, invstd = _core.layer_norm_forward_raw(x, weight, bias, axis, eps, out,
@@ -99,9 +104,11 @@ def layer_norm_backward(grad_out, x, weight, saved, *, axis=-1, out=None, n_thre
 def rms_norm_forward(x, weight=None, *, axis=-1, eps=None, out=None, n_threads=None):
     """RMS norm forward: y = x / sqrt(mean(x^2) + eps) * weight over x.shape[axis:].
 
-    eps=None uses np.finfo(x.dtype).eps, as torch.nn.functional.rms_norm does
-    for float32/float64 input. Returns (y, RMSNormSaved(invrms)), invrms of
-    shape x.shape[:axis] and x's dtype. Other arguments as layer_norm_forward.
+    eps=None uses the machine epsilon of the computing dtype, as
+    torch.nn.functional.rms_norm does: np.finfo(float32).eps for float16 and
+    float32 x, np.finfo(float64).eps for float64. Returns (y,
+    RMSNormSaved(invrms)), invrms of shape x.shape[:axis] (float64 for float64
+    x, else float32). Other arguments as layer_norm_forward.
     """
     y, _, invrms = _core.layer_norm_forward_raw(x, weight, None, axis, eps, out,
                                                 n_threads, True)

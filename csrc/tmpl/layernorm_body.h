@@ -2,9 +2,12 @@
  * layernorm_body.h - layer norm and RMS norm kernels, written once per dtype.
  *
  * layernorm.c includes this file once per dtype after defining:
- *   T    storage and arithmetic type of x, y, dy, dx, weight, bias and the
- *        saved statistics (float or double)
- *   SFX  name suffix: f32, f64
+ *   T        storage type of x, y, dy, dx
+ *   P        arithmetic type, and the type of weight, bias, their gradients
+ *            and the saved statistics
+ *   SFX      name suffix: f32, f64, f16
+ *   STAGED   1: rows are converted to P in chunks of BNC_LN_STAGE elements
+ *            (float16), 0: T is P and rows are read in place
  * and undefines them at its end.
  *
  * The data is `rows` contiguous rows of D elements (row r at x + r * D).
@@ -19,10 +22,10 @@
 
 #define F(name) BNC_CAT(name, BNC_CAT(_, SFX))
 
-typedef T F(lvec_t) __attribute__((vector_size(BNC_VEC_BYTES)));
-typedef T F(luvec_t) __attribute__((vector_size(BNC_VEC_BYTES), aligned(sizeof(T)), may_alias));
-typedef double F(ldvec_t) __attribute__((vector_size(BNC_VEC_BYTES * 8 / sizeof(T))));
-enum { F(LVL) = BNC_VEC_BYTES / (int)sizeof(T), F(LNL) = 4 * F(LVL) };
+typedef P F(lvec_t) __attribute__((vector_size(BNC_VEC_BYTES)));
+typedef P F(luvec_t) __attribute__((vector_size(BNC_VEC_BYTES), aligned(sizeof(P)), may_alias));
+typedef double F(ldvec_t) __attribute__((vector_size(BNC_VEC_BYTES * 8 / sizeof(P))));
+enum { F(LVL) = BNC_VEC_BYTES / (int)sizeof(P), F(LNL) = 4 * F(LVL) };
 
 #define LN_LOAD(p) (*(const F(luvec_t) *)(p))
 #define LN_FLUSH1(a, f)                                                       \
@@ -41,10 +44,15 @@ enum { F(LVL) = BNC_VEC_BYTES / (int)sizeof(T), F(LNL) = 4 * F(LVL) };
         f0 = f1 = f2 = f3 = (F(lvec_t)){0};                                   \
     } while (0)
 
-/* sum(x - k) over a row, k a value of the row (exact in T). */
-BNC_HOT BNC_NOINLINE static double F(ln_sum)(const T *restrict x, int64_t n, T k)
+/* The lane reductions below work on P values and add to the caller's
+ * BNC_LANES double lanes `a` (folded once per row with bnc_lanes_sum). A call
+ * flushes its partials at its end: staged rows are cut into chunks that are
+ * multiples of BNC_SUB, so every element keeps its lane and its partial. */
+
+/* a += x - k by lanes, k a value of the row (exact in P). */
+BNC_HOT BNC_NOINLINE static void F(ln_sum)(const P *restrict x, int64_t n, P k,
+                                           double *restrict a)
 {
-    double a[BNC_LANES] = {0};
     F(lvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
     int groups = 0;
     int64_t i = 0;
@@ -61,13 +69,12 @@ BNC_HOT BNC_NOINLINE static double F(ln_sum)(const T *restrict x, int64_t n, T k
     LN_FLUSH4(a, f0, f1, f2, f3);
     for (int l = 0; i < n; i++, l++) /* the tail, in double */
         a[l] += (double)x[i] - (double)k;
-    return bnc_lanes_sum(a);
 }
 
-/* sum(((x - k) - m)^2) over a row; k = m = 0 gives the sum of squares. */
-BNC_HOT BNC_NOINLINE static double F(ln_sqdev)(const T *restrict x, int64_t n, T k, T m)
+/* a += ((x - k) - m)^2 by lanes; k = m = 0 gives the sum of squares. */
+BNC_HOT BNC_NOINLINE static void F(ln_sqdev)(const P *restrict x, int64_t n, P k, P m,
+                                             double *restrict a)
 {
-    double a[BNC_LANES] = {0};
     F(lvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
     int groups = 0;
     int64_t i = 0;
@@ -90,15 +97,13 @@ BNC_HOT BNC_NOINLINE static double F(ln_sqdev)(const T *restrict x, int64_t n, T
         double v = ((double)x[i] - (double)k) - (double)m;
         a[l] += v * v;
     }
-    return bnc_lanes_sum(a);
 }
 
-/* *s1 = sum(g), *s2 = sum(g * (x - m)) over a row, g = dy * w (w NULL: 1). */
-BNC_HOT BNC_NOINLINE static void F(ln_dots)(const T *restrict dy, const T *restrict x,
-                                            const T *restrict w, int64_t n, T m, double *s1,
-                                            double *s2)
+/* a += g, b += g * (x - m) by lanes, g = dy * w (w NULL: 1). */
+BNC_HOT BNC_NOINLINE static void F(ln_dots)(const P *restrict dy, const P *restrict x,
+                                            const P *restrict w, int64_t n, P m,
+                                            double *restrict a, double *restrict b)
 {
-    double a[BNC_LANES] = {0}, b[BNC_LANES] = {0};
     F(lvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
     F(lvec_t) h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};
     int groups = 0;
@@ -133,19 +138,153 @@ BNC_HOT BNC_NOINLINE static void F(ln_dots)(const T *restrict dy, const T *restr
         a[l] += g;
         b[l] += g * ((double)x[i] - (double)m);
     }
-    *s1 = bnc_lanes_sum(a);
-    *s2 = bnc_lanes_sum(b);
 }
+
+/* y = (((x - cm) - cl) * a) * w + b (w, b NULL: 1, 0); y may be x. */
+static inline void F(ln_norm)(const P *x, P *y, int64_t n, const P *restrict w,
+                              const P *restrict b, P cm, P cl, P a)
+{
+    if (w && b)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = (((x[i] - cm) - cl) * a) * w[i] + b[i];
+    else if (w)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = (((x[i] - cm) - cl) * a) * w[i];
+    else if (b)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = ((x[i] - cm) - cl) * a + b[i];
+    else
+        for (int64_t i = 0; i < n; i++)
+            y[i] = ((x[i] - cm) - cl) * a;
+}
+
+/* dx = ((dy * w - ca) - (x - m) * cg) * s (dx NULL: skipped), and the column
+ * sums cw += dy * ((x - m) * s), cb += dy (each NULL: skipped), one loop. */
+static inline void F(ln_grad)(const P *restrict dy, const P *restrict x, P *restrict dx,
+                              int64_t n, const P *restrict w, P m, P s, P ca, P cg,
+                              double *restrict cw, double *restrict cb)
+{
+    if (dx && cw && cb && w)
+        for (int64_t i = 0; i < n; i++) {
+            P d = x[i] - m;
+            dx[i] = ((dy[i] * w[i] - ca) - d * cg) * s;
+            cw[i] += (double)(dy[i] * (d * s));
+            cb[i] += (double)dy[i];
+        }
+    else if (dx && cw && cb)
+        for (int64_t i = 0; i < n; i++) {
+            P d = x[i] - m;
+            dx[i] = ((dy[i] - ca) - d * cg) * s;
+            cw[i] += (double)(dy[i] * (d * s));
+            cb[i] += (double)dy[i];
+        }
+    else {
+        if (dx && w)
+            for (int64_t i = 0; i < n; i++)
+                dx[i] = ((dy[i] * w[i] - ca) - (x[i] - m) * cg) * s;
+        else if (dx)
+            for (int64_t i = 0; i < n; i++)
+                dx[i] = ((dy[i] - ca) - (x[i] - m) * cg) * s;
+        if (cw)
+            for (int64_t i = 0; i < n; i++)
+                cw[i] += (double)(dy[i] * ((x[i] - m) * s));
+        if (cb)
+            for (int64_t i = 0; i < n; i++)
+                cb[i] += (double)dy[i];
+    }
+}
+
+/* The row functions on T: in place for float32/float64, through float
+ * buffers of BNC_LN_STAGE elements (a multiple of BNC_SUB) for float16. */
+#if STAGED
+#define BNC_LN_STAGE 512
+#define LN_CHUNKS(n) for (int64_t o = 0, c_; c_ = (n) - o < BNC_LN_STAGE ? (n) - o : BNC_LN_STAGE, o < (n); o += BNC_LN_STAGE)
+
+static inline void F(row_sum)(const T *x, int64_t n, P k, double *a)
+{
+    P bx[BNC_LN_STAGE];
+    LN_CHUNKS(n) {
+        bnc_f16_load(bx, x + o, c_);
+        F(ln_sum)(bx, c_, k, a);
+    }
+}
+static inline void F(row_sqdev)(const T *x, int64_t n, P k, P m, double *a)
+{
+    P bx[BNC_LN_STAGE];
+    LN_CHUNKS(n) {
+        bnc_f16_load(bx, x + o, c_);
+        F(ln_sqdev)(bx, c_, k, m, a);
+    }
+}
+static inline void F(row_dots)(const T *dy, const T *x, const P *w, int64_t n, P m,
+                               double *a, double *b)
+{
+    P bx[BNC_LN_STAGE], bg[BNC_LN_STAGE];
+    LN_CHUNKS(n) {
+        bnc_f16_load(bx, x + o, c_);
+        bnc_f16_load(bg, dy + o, c_);
+        F(ln_dots)(bg, bx, w ? w + o : NULL, c_, m, a, b);
+    }
+}
+static inline void F(row_norm)(const T *x, T *y, int64_t n, const P *w, const P *b, P cm,
+                               P cl, P a)
+{
+    P bx[BNC_LN_STAGE];
+    LN_CHUNKS(n) {
+        bnc_f16_load(bx, x + o, c_);
+        F(ln_norm)(bx, bx, c_, w ? w + o : NULL, b ? b + o : NULL, cm, cl, a);
+        bnc_f16_store(y + o, bx, c_);
+    }
+}
+static inline void F(row_grad)(const T *dy, const T *x, T *dx, int64_t n, const P *w, P m,
+                               P s, P ca, P cg, double *cw, double *cb)
+{
+    P bx[BNC_LN_STAGE], bg[BNC_LN_STAGE], bd[BNC_LN_STAGE];
+    LN_CHUNKS(n) {
+        bnc_f16_load(bx, x + o, c_);
+        bnc_f16_load(bg, dy + o, c_);
+        F(ln_grad)(bg, bx, dx ? bd : NULL, c_, w ? w + o : NULL, m, s, ca, cg,
+                   cw ? cw + o : NULL, cb ? cb + o : NULL);
+        if (dx)
+            bnc_f16_store(dx + o, bd, c_);
+    }
+}
+#undef LN_CHUNKS
+#undef BNC_LN_STAGE
+#else
+static inline void F(row_sum)(const T *x, int64_t n, P k, double *a) { F(ln_sum)(x, n, k, a); }
+static inline void F(row_sqdev)(const T *x, int64_t n, P k, P m, double *a)
+{
+    F(ln_sqdev)(x, n, k, m, a);
+}
+static inline void F(row_dots)(const T *dy, const T *x, const P *w, int64_t n, P m,
+                               double *a, double *b)
+{
+    F(ln_dots)(dy, x, w, n, m, a, b);
+}
+static inline void F(row_norm)(const T *x, T *y, int64_t n, const P *w, const P *b, P cm,
+                               P cl, P a)
+{
+    F(ln_norm)(x, y, n, w, b, cm, cl, a);
+}
+static inline void F(row_grad)(const T *dy, const T *x, T *dx, int64_t n, const P *w, P m,
+                               P s, P ca, P cg, double *cw, double *cb)
+{
+    F(ln_grad)(dy, x, dx, n, w, m, s, ca, cg, cw, cb);
+}
+#endif
 
 /* ---- forward ---- */
 
 typedef struct {
     int64_t rows, D;
     int rms;
-    const T *x, *dy, *weight, *bias, *mean, *invstd;
+    const T *x, *dy;
+    const P *weight, *bias, *mean, *invstd;
     double eps;
-    T *y, *save_mean, *save_invstd; /* y: the output, or dx in the backward */
-    T *dweight, *dbias;
+    T *y; /* the output, or dx in the backward */
+    P *save_mean, *save_invstd;
+    P *dweight, *dbias;
     double *parts; /* backward: nchunks x (1 or 2) x D column partials */
     int64_t nchunks;
 } F(lctx_t);
@@ -154,88 +293,66 @@ typedef struct {
 BNC_HOT static void F(ln_fwd_rows)(const F(lctx_t) *k, int64_t r0, int64_t r1)
 {
     const int64_t D = k->D;
-    const T *restrict w = k->weight, *restrict b = k->bias;
     for (int64_t r = r0; r < r1; r++) {
-        const T *restrict x = k->x + r * D;
-        T *restrict y = k->y + r * D;
+        const T *x = k->x + r * D;
+        double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
         double mean = 0, var, invstd;
-        T cm = 0, cl = 0, a;
+        P cm = 0, cl = 0, a;
         if (k->rms) {
-            var = F(ln_sqdev)(x, D, 0, 0) / (double)D;
+            F(row_sqdev)(x, D, 0, 0, a2);
+            var = bnc_lanes_sum(a2) / (double)D;
         } else {
             /* shift by the row's first value, then squared deviations about
-             * the mean rounded to T; the rounding is corrected exactly */
-            const T kx = x[0];
-            double mu = F(ln_sum)(x, D, kx) / (double)D;
-            T mp = (T)mu;
+             * the mean rounded to P; that rounding is corrected exactly */
+            const P kx = LOAD(x[0]);
+            F(row_sum)(x, D, kx, a1);
+            double mu = bnc_lanes_sum(a1) / (double)D;
+            P mp = (P)mu;
             double d = mu - (double)mp;
-            var = F(ln_sqdev)(x, D, kx, mp) / (double)D - d * d;
+            F(row_sqdev)(x, D, kx, mp, a2);
+            var = bnc_lanes_sum(a2) / (double)D - d * d;
             if (var < 0)
                 var = 0;
             mean = (double)kx + mu;
             /* y = ((x - cm) - cl) * a: x - cm is exact near the mean */
-            cm = (T)mean;
-            cl = (T)(mean - (double)cm);
+            cm = (P)mean;
+            cl = (P)(mean - (double)cm);
         }
         invstd = 1.0 / sqrt(var + k->eps);
-        a = (T)invstd;
+        a = (P)invstd;
         if (k->save_mean)
-            k->save_mean[r] = (T)mean;
+            k->save_mean[r] = (P)mean;
         if (k->save_invstd)
             k->save_invstd[r] = a;
-        if (w && b)
-            for (int64_t i = 0; i < D; i++)
-                y[i] = (((x[i] - cm) - cl) * a) * w[i] + b[i];
-        else if (w)
-            for (int64_t i = 0; i < D; i++)
-                y[i] = (((x[i] - cm) - cl) * a) * w[i];
-        else if (b)
-            for (int64_t i = 0; i < D; i++)
-                y[i] = ((x[i] - cm) - cl) * a + b[i];
-        else
-            for (int64_t i = 0; i < D; i++)
-                y[i] = ((x[i] - cm) - cl) * a;
+        F(row_norm)(x, k->y + r * D, D, k->weight, k->bias, cm, cl, a);
     }
 }
 
 /* ---- backward ---- */
 
-/* Rows [r0, r1) of the backward: dx, and (when acc) the column sums
- * cw += dy * xhat, cb += dy added to the double partials cw, cb (cb NULL:
- * RMS norm, no bias). */
+/* Rows [r0, r1) of the backward: dx (when k->y), and the column sums
+ * cw += dy * xhat, cb += dy added to the double partials (each may be NULL). */
 BNC_HOT static void F(ln_bwd_rows)(const F(lctx_t) *k, int64_t r0, int64_t r1,
                                    double *restrict cw, double *restrict cb)
 {
     const int64_t D = k->D;
-    const T *restrict w = k->weight;
     const double n = (double)D;
     for (int64_t r = r0; r < r1; r++) {
-        const T *restrict x = k->x + r * D, *restrict dy = k->dy + r * D;
-        T *restrict dx = k->y ? k->y + r * D : NULL;
-        const T m = k->rms ? (T)0 : k->mean[r], s = k->invstd[r];
+        const T *x = k->x + r * D, *dy = k->dy + r * D;
+        T *dx = k->y ? k->y + r * D : NULL;
+        const P m = k->rms ? (P)0 : k->mean[r], s = k->invstd[r];
+        P ca = 0, cg = 0;
         if (dx) {
-            double s1, s2;
-            F(ln_dots)(dy, x, w, D, m, &s1, &s2);
+            double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
+            F(row_dots)(dy, x, k->weight, D, m, a1, a2);
             /* dx = s * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - m) * s:
              * dx = ((g - ca) - (x - m) * cg) * s */
-            const T ca = k->rms ? (T)0 : (T)(s1 / n);
-            const T cg = (T)((double)s * (double)s * s2 / n);
-            if (w)
-                for (int64_t i = 0; i < D; i++)
-                    dx[i] = ((dy[i] * w[i] - ca) - (x[i] - m) * cg) * s;
-            else
-                for (int64_t i = 0; i < D; i++)
-                    dx[i] = ((dy[i] - ca) - (x[i] - m) * cg) * s;
+            ca = k->rms ? (P)0 : (P)(bnc_lanes_sum(a1) / n);
+            cg = (P)((double)s * (double)s * bnc_lanes_sum(a2) / n);
         }
-        if (cw)
-            for (int64_t i = 0; i < D; i++)
-                cw[i] += (double)(dy[i] * ((x[i] - m) * s));
-        if (cb)
-            for (int64_t i = 0; i < D; i++)
-                cb[i] += (double)dy[i];
+        F(row_grad)(dy, x, dx, D, k->weight, m, s, ca, cg, cw, cb);
     }
 }
-
 /* Chunk j of the rows: [j * rows / nchunks, (j + 1) * rows / nchunks). */
 static void F(ln_bwd_chunk)(const F(lctx_t) *k, int64_t j)
 {
@@ -262,9 +379,9 @@ static void F(ln_bwd_columns)(const F(lctx_t) *k, int64_t i0, int64_t i1)
                 sb += k->parts[j * width * D + D + i];
         }
         if (k->dweight)
-            k->dweight[i] = (T)sw;
+            k->dweight[i] = (P)sw;
         if (k->dbias)
-            k->dbias[i] = (T)sb;
+            k->dbias[i] = (P)sb;
     }
 }
 
@@ -315,8 +432,8 @@ static int F(ln_check)(int64_t rows, int64_t D, const T *x, int n_threads)
     return BNC_OK;
 }
 
-static int F(ln_fwd)(int rms, int64_t rows, int64_t D, const T *x, const T *weight,
-                     const T *bias, double eps, T *y, T *save_mean, T *save_invstd,
+static int F(ln_fwd)(int rms, int64_t rows, int64_t D, const T *x, const P *weight,
+                     const P *bias, double eps, T *y, P *save_mean, P *save_invstd,
                      int n_threads)
 {
     F(lctx_t) k = {0};
@@ -341,8 +458,8 @@ static int F(ln_fwd)(int rms, int64_t rows, int64_t D, const T *x, const T *weig
 }
 
 static int F(ln_bwd)(int rms, int64_t rows, int64_t D, const T *dy, const T *x,
-                     const T *weight, const T *mean, const T *invstd, T *dx, T *dweight,
-                     T *dbias, int n_threads)
+                     const P *weight, const P *mean, const P *invstd, T *dx, P *dweight,
+                     P *dbias, int n_threads)
 {
     F(lctx_t) k = {0};
     int st = F(ln_check)(rows, D, x, n_threads);
@@ -382,28 +499,28 @@ static int F(ln_bwd)(int rms, int64_t rows, int64_t D, const T *dy, const T *x,
     return st;
 }
 
-int F(bnc_layernorm_fwd)(int64_t rows, int64_t D, const T *x, const T *weight,
-                         const T *bias, double eps, T *y, T *save_mean, T *save_invstd,
+int F(bnc_layernorm_fwd)(int64_t rows, int64_t D, const T *x, const P *weight,
+                         const P *bias, double eps, T *y, P *save_mean, P *save_invstd,
                          int n_threads)
 {
     return F(ln_fwd)(0, rows, D, x, weight, bias, eps, y, save_mean, save_invstd, n_threads);
 }
 
-int F(bnc_layernorm_bwd)(int64_t rows, int64_t D, const T *dy, const T *x, const T *weight,
-                         const T *mean, const T *invstd, T *dx, T *dweight, T *dbias,
+int F(bnc_layernorm_bwd)(int64_t rows, int64_t D, const T *dy, const T *x, const P *weight,
+                         const P *mean, const P *invstd, T *dx, P *dweight, P *dbias,
                          int n_threads)
 {
     return F(ln_bwd)(0, rows, D, dy, x, weight, mean, invstd, dx, dweight, dbias, n_threads);
 }
 
-int F(bnc_rmsnorm_fwd)(int64_t rows, int64_t D, const T *x, const T *weight, double eps,
-                       T *y, T *save_invrms, int n_threads)
+int F(bnc_rmsnorm_fwd)(int64_t rows, int64_t D, const T *x, const P *weight, double eps,
+                       T *y, P *save_invrms, int n_threads)
 {
     return F(ln_fwd)(1, rows, D, x, weight, NULL, eps, y, NULL, save_invrms, n_threads);
 }
 
-int F(bnc_rmsnorm_bwd)(int64_t rows, int64_t D, const T *dy, const T *x, const T *weight,
-                       const T *invrms, T *dx, T *dweight, int n_threads)
+int F(bnc_rmsnorm_bwd)(int64_t rows, int64_t D, const T *dy, const T *x, const P *weight,
+                       const P *invrms, T *dx, P *dweight, int n_threads)
 {
     return F(ln_bwd)(1, rows, D, dy, x, weight, NULL, invrms, dx, dweight, NULL, n_threads);
 }
@@ -413,4 +530,7 @@ int F(bnc_rmsnorm_bwd)(int64_t rows, int64_t D, const T *dy, const T *x, const T
 #undef LN_FLUSH4
 #undef F
 #undef T
+#undef P
 #undef SFX
+#undef LOAD
+#undef STAGED

@@ -165,10 +165,11 @@ BNC_DECLARE_BATCHNORM(bnc_f16_t, float, f16)
 
 /*
  * Layer norm and RMS norm, over contiguous rows.
- * For each (T, SFX) in (float, f32), (double, f64): x, y, dy, dx are `rows`
- * C-contiguous rows of D elements (row r at x + r * D); weight, bias,
- * dweight, dbias are T[D]; the saved statistics are T[rows]. Per-row sums
- * accumulate in double. weight and bias may be NULL (1 and 0).
+ * For each (T, P, SFX) in (float, float, f32), (double, double, f64),
+ * (bnc_f16_t, float, f16): x, y, dy, dx are `rows` C-contiguous rows of D
+ * elements of T (row r at x + r * D); weight, bias, dweight, dbias are P[D];
+ * the saved statistics are P[rows]. float16 computes in float32; per-row
+ * sums accumulate in double. weight and bias may be NULL (1 and 0).
  *
  * bnc_layernorm_fwd_SFX(rows, D, x, weight, bias, eps, y, save_mean, save_invstd, n_threads)
  *     y = (x - mean) * invstd * weight + bias per row, mean and biased
@@ -184,28 +185,29 @@ BNC_DECLARE_BATCHNORM(bnc_f16_t, float, f16)
  * bnc_rmsnorm_bwd_SFX(rows, D, dy, x, weight, invrms, dx, dweight, n_threads)
  *     xhat = x * invrms: dx = invrms * (g - xhat * mean(g * xhat)),
  *     dweight = sum over rows of dy * xhat.
- * Column sums are reduced in chunks of rows fixed by the shape and added in
- * chunk order: results do not depend on n_threads. Scratch: at most
- * min(rows, 64) x 2 x D doubles.
+ * Rows are split over threads. Column sums are reduced in chunks of rows
+ * fixed by the shape and added in chunk order: results do not depend on
+ * n_threads. Scratch: at most min(rows, 64) x 2 x D doubles.
  */
-#define BNC_DECLARE_LAYERNORM(T, SFX)                                         \
+#define BNC_DECLARE_LAYERNORM(T, P, SFX)                                      \
     int bnc_layernorm_fwd_##SFX(int64_t rows, int64_t D, const T *x,           \
-                                const T *weight, const T *bias, double eps,    \
-                                T *y, T *save_mean, T *save_invstd,            \
+                                const P *weight, const P *bias, double eps,    \
+                                T *y, P *save_mean, P *save_invstd,            \
                                 int n_threads);                                \
     int bnc_layernorm_bwd_##SFX(int64_t rows, int64_t D, const T *dy,          \
-                                const T *x, const T *weight, const T *mean,    \
-                                const T *invstd, T *dx, T *dweight, T *dbias,  \
+                                const T *x, const P *weight, const P *mean,    \
+                                const P *invstd, T *dx, P *dweight, P *dbias,  \
                                 int n_threads);                                \
     int bnc_rmsnorm_fwd_##SFX(int64_t rows, int64_t D, const T *x,             \
-                              const T *weight, double eps, T *y,               \
-                              T *save_invrms, int n_threads);                  \
+                              const P *weight, double eps, T *y,               \
+                              P *save_invrms, int n_threads);                  \
     int bnc_rmsnorm_bwd_##SFX(int64_t rows, int64_t D, const T *dy,            \
-                              const T *x, const T *weight, const T *invrms,    \
-                              T *dx, T *dweight, int n_threads);
+                              const T *x, const P *weight, const P *invrms,    \
+                              T *dx, P *dweight, int n_threads);
 
-BNC_DECLARE_LAYERNORM(float, f32)
-BNC_DECLARE_LAYERNORM(double, f64)
+BNC_DECLARE_LAYERNORM(float, float, f32)
+BNC_DECLARE_LAYERNORM(double, double, f64)
+BNC_DECLARE_LAYERNORM(bnc_f16_t, float, f16)
 
 #ifdef __cplusplus
 }
