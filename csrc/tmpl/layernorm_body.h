@@ -159,24 +159,25 @@ static inline void F(ln_norm)(const P *x, P *y, int64_t n, const P *restrict w,
 }
 
 /* dx = ((dy * w - ca) - (x - m) * cg) * s (dx NULL: skipped), and the column
- * sums cw += dy * ((x - m) * s), cb += dy (each NULL: skipped), one loop. */
+ * sums cw += dy * ((x - m) * s), cb += dy into working-precision partials
+ * (each NULL: skipped), one loop. */
 static inline void F(ln_grad)(const P *restrict dy, const P *restrict x, P *restrict dx,
                               int64_t n, const P *restrict w, P m, P s, P ca, P cg,
-                              double *restrict cw, double *restrict cb)
+                              P *restrict cw, P *restrict cb)
 {
     if (dx && cw && cb && w)
         for (int64_t i = 0; i < n; i++) {
             P d = x[i] - m;
             dx[i] = ((dy[i] * w[i] - ca) - d * cg) * s;
-            cw[i] += (double)(dy[i] * (d * s));
-            cb[i] += (double)dy[i];
+            cw[i] += dy[i] * (d * s);
+            cb[i] += dy[i];
         }
     else if (dx && cw && cb)
         for (int64_t i = 0; i < n; i++) {
             P d = x[i] - m;
             dx[i] = ((dy[i] - ca) - d * cg) * s;
-            cw[i] += (double)(dy[i] * (d * s));
-            cb[i] += (double)dy[i];
+            cw[i] += dy[i] * (d * s);
+            cb[i] += dy[i];
         }
     else {
         if (dx && w)
@@ -187,10 +188,10 @@ static inline void F(ln_grad)(const P *restrict dy, const P *restrict x, P *rest
                 dx[i] = ((dy[i] - ca) - (x[i] - m) * cg) * s;
         if (cw)
             for (int64_t i = 0; i < n; i++)
-                cw[i] += (double)(dy[i] * ((x[i] - m) * s));
+                cw[i] += dy[i] * ((x[i] - m) * s);
         if (cb)
             for (int64_t i = 0; i < n; i++)
-                cb[i] += (double)dy[i];
+                cb[i] += dy[i];
     }
 }
 
@@ -237,7 +238,7 @@ static inline void F(row_norm)(const T *x, T *y, int64_t n, const P *w, const P 
     }
 }
 static inline void F(row_grad)(const T *dy, const T *x, T *dx, int64_t n, const P *w, P m,
-                               P s, P ca, P cg, double *cw, double *cb)
+                               P s, P ca, P cg, P *cw, P *cb)
 {
     P bx[BNC_LN_STAGE], bg[BNC_LN_STAGE], bd[BNC_LN_STAGE];
     LN_CHUNKS(n) {
@@ -268,7 +269,7 @@ static inline void F(row_norm)(const T *x, T *y, int64_t n, const P *w, const P 
     F(ln_norm)(x, y, n, w, b, cm, cl, a);
 }
 static inline void F(row_grad)(const T *dy, const T *x, T *dx, int64_t n, const P *w, P m,
-                               P s, P ca, P cg, double *cw, double *cb)
+                               P s, P ca, P cg, P *cw, P *cb)
 {
     F(ln_grad)(dy, x, dx, n, w, m, s, ca, cg, cw, cb);
 }
@@ -286,6 +287,7 @@ typedef struct {
     P *save_mean, *save_invstd;
     P *dweight, *dbias;
     double *parts; /* backward: nchunks x (1 or 2) x D column partials */
+    P *wparts;     /* their working-precision partials, laid out alike */
     int64_t nchunks;
 } F(lctx_t);
 
@@ -330,10 +332,26 @@ BNC_HOT static void F(ln_fwd_rows)(const F(lctx_t) *k, int64_t r0, int64_t r1)
 
 /* ---- backward ---- */
 
+/* Column partials: at most BNC_LN_COLROWS rows are summed in working
+ * precision before their sums are added to the double partials. */
+#ifndef BNC_LN_COLROWS
+#define BNC_LN_COLROWS 8
+#endif
+
+static inline void F(ln_flush)(double *restrict c, P *restrict p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        c[i] += (double)p[i];
+        p[i] = 0;
+    }
+}
+
 /* Rows [r0, r1) of the backward: dx (when k->y), and the column sums
- * cw += dy * xhat, cb += dy added to the double partials (each may be NULL). */
+ * cw += dy * xhat, cb += dy added to the double partials (each may be NULL)
+ * through the working-precision partials pw, pb (zero on entry and exit). */
 BNC_HOT static void F(ln_bwd_rows)(const F(lctx_t) *k, int64_t r0, int64_t r1,
-                                   double *restrict cw, double *restrict cb)
+                                   double *restrict cw, double *restrict cb,
+                                   P *restrict pw, P *restrict pb)
 {
     const int64_t D = k->D;
     const double n = (double)D;
@@ -350,21 +368,32 @@ BNC_HOT static void F(ln_bwd_rows)(const F(lctx_t) *k, int64_t r0, int64_t r1,
             ca = k->rms ? (P)0 : (P)(bnc_lanes_sum(a1) / n);
             cg = (P)((double)s * (double)s * bnc_lanes_sum(a2) / n);
         }
-        F(row_grad)(dy, x, dx, D, k->weight, m, s, ca, cg, cw, cb);
+        F(row_grad)(dy, x, dx, D, k->weight, m, s, ca, cg, pw, pb);
+        if ((r - r0) % BNC_LN_COLROWS == BNC_LN_COLROWS - 1 || r == r1 - 1) {
+            if (cw)
+                F(ln_flush)(cw, pw, D);
+            if (cb)
+                F(ln_flush)(cb, pb, D);
+        }
     }
 }
+
 /* Chunk j of the rows: [j * rows / nchunks, (j + 1) * rows / nchunks). */
 static void F(ln_bwd_chunk)(const F(lctx_t) *k, int64_t j)
 {
     const int64_t r0 = j * k->rows / k->nchunks, r1 = (j + 1) * k->rows / k->nchunks;
     double *cw = NULL, *cb = NULL;
+    P *pw = NULL, *pb = NULL;
     if (k->parts) {
         const int64_t width = k->dbias ? 2 : 1;
         cw = k->parts + j * width * k->D;
         cb = k->dbias ? cw + k->D : NULL;
+        pw = k->wparts + j * width * k->D;
+        pb = k->dbias ? pw + k->D : NULL;
         memset(cw, 0, sizeof(double) * (size_t)(width * k->D));
+        memset(pw, 0, sizeof(P) * (size_t)(width * k->D));
     }
-    F(ln_bwd_rows)(k, r0, r1, cw, cb);
+    F(ln_bwd_rows)(k, r0, r1, cw, cb, pw, pb);
 }
 
 /* Columns [i0, i1) of dweight/dbias: the chunk partials added in chunk order. */
@@ -489,9 +518,10 @@ static int F(ln_bwd)(int rms, int64_t rows, int64_t D, const T *dy, const T *x,
             c = BNC_PIECES;
         k.nchunks = c < rows ? c : rows;
         if (dweight || k.dbias) {
-            k.parts = malloc(sizeof(double) * (size_t)(k.nchunks * width * D));
+            k.parts = malloc((sizeof(double) + sizeof(P)) * (size_t)(k.nchunks * width * D));
             if (!k.parts)
                 return BNC_ERR_NOMEM;
+            k.wparts = (P *)(k.parts + k.nchunks * width * D);
         }
     }
     st = F(ln_run)(&k, 1, n_threads);
