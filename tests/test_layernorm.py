@@ -433,3 +433,41 @@ def test_errors_backward():
     with pytest.raises(ValueError, match="weight must have shape"):
         layer_norm_backward(dy, x, np.ones(2, np.float32), s, out=out)
     assert np.all(out == 7.0)
+
+
+# ---------------------------------------------------------------------------
+# properties
+
+@pytest.mark.parametrize("dtype", DTYPES[:2], ids=DIDS[:2])
+@pytest.mark.parametrize("shape,axis", [((50, 300), -1), ((6, 7, 40), 1)])
+def test_properties(shape, axis, dtype):
+    x, w, b, dy = _data(shape, axis, dtype, loc=2.0, scale=3.0)
+    axes = tuple(range(axis % len(shape), len(shape)))
+    y = layer_norm(x, eps=1e-12).astype(np.float64)
+    assert np.allclose(y.mean(axis=axes), 0, atol=1e-5)
+    assert np.allclose(y.var(axis=axes), 1, atol=1e-4)
+    # invariance to x + c (c exact in the dtype)
+    assert_close(layer_norm(x + dtype(8.0), w, b, axis=axis), layer_norm(x, w, b, axis=axis),
+                 1e-5 if dtype == np.float32 else 1e-12)
+    # the gradient of x sums to zero over each row
+    _, s = layer_norm_forward(x, w, b, axis=axis)
+    dx = layer_norm_backward(dy, x, w, s, axis=axis).grad_input.astype(np.float64)
+    assert np.allclose(dx.sum(axis=axes), 0, atol=1e-3 if dtype == np.float32 else 1e-10)
+    # RMS norm: unit mean square
+    q = rms_norm(x, eps=1e-12, axis=axis).astype(np.float64)
+    assert np.allclose((q * q).mean(axis=axes), 1, atol=1e-4)
+
+
+def test_concurrent_calls_match_serial():
+    from concurrent.futures import ThreadPoolExecutor
+    x, w, b, dy = _data((256, 512), -1, np.float32)
+    y0, s0 = layer_norm_forward(x, w, b)
+    g0 = layer_norm_backward(dy, x, w, s0)
+
+    def run(_):
+        y, s = layer_norm_forward(x, w, b)
+        g = layer_norm_backward(dy, x, w, s)
+        return bit_equal(y, y0) and all(bit_equal(a, c) for a, c in zip(g, g0))
+
+    with ThreadPoolExecutor(4) as ex:
+        assert all(ex.map(run, range(16)))
