@@ -12,12 +12,16 @@
  *
  * The data is `rows` contiguous rows of D elements (row r at x + r * D).
  * Per-row reductions sum in fixed lanes: each lane adds at most BNC_SUB / NL
- * terms in working precision T, then flushes to its double (as the batch norm
- * kernels do); the lanes fold with bnc_lanes_sum. A row is read twice in a
- * row (sum, then squared deviations or the elementwise pass) while it is in
- * cache. Rows are split over threads statically; column sums (the weight and
- * bias gradients) are reduced in chunks of rows fixed by the shape and the
- * chunk partials added in chunk order: results do not depend on n_threads.
+ * terms in working precision P, then flushes to its double (as the batch norm
+ * kernels do); the lanes fold with bnc_lanes_sum. A row is read again right
+ * after its sums (squared deviations, the elementwise pass) while it is in
+ * cache: one pass over memory. Rows are split over threads statically; column
+ * sums (the weight and bias gradients) are reduced in chunks of rows fixed by
+ * the shape (at most BNC_LN_COLROWS rows in P, then into double partials) and
+ * the chunk partials added in chunk order: results do not depend on
+ * n_threads. A single row is not split: few long rows run on few threads.
+ * Scratch: the backward's column partials, min(rows, BNC_PIECES) x (1 or 2)
+ * x D x (8 + sizeof(P)) bytes (fewer chunks when D is large).
  */
 
 #define F(name) BNC_CAT(name, BNC_CAT(_, SFX))
