@@ -2,7 +2,9 @@
 
 Functional API (see API.md): batch_norm, batch_norm_forward, batch_norm_backward,
 batch_norm_stats, combine_stats, update_running_stats, batch_renorm,
-batch_renorm_forward, batch_renorm_backward, fold_batch_norm; thread control:
+batch_renorm_forward, batch_renorm_backward, layer_norm, layer_norm_forward,
+layer_norm_backward, rms_norm, rms_norm_forward, rms_norm_backward,
+fold_batch_norm; thread control:
 get_num_threads, set_num_threads, num_threads, openmp_enabled.
 `bnc.reference` holds readable float64 NumPy twins of the kernels' ops.
 """
@@ -26,6 +28,16 @@ from bnc.batchrenorm import (
     batch_renorm_forward,
 )
 from bnc.fold import Folded, fold_batch_norm
+from bnc.layernorm import (
+    LayerNormSaved,
+    RMSNormSaved,
+    layer_norm,
+    layer_norm_backward,
+    layer_norm_forward,
+    rms_norm,
+    rms_norm_backward,
+    rms_norm_forward,
+)
 from bnc.threads import get_num_threads, num_threads, openmp_enabled, set_num_threads
 
 __version__ = "0.1.0"
@@ -46,6 +58,14 @@ __all__ = [
     "batch_renorm",
     "batch_renorm_forward",
     "batch_renorm_backward",
+    "LayerNormSaved",
+    "RMSNormSaved",
+    "layer_norm",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm",
+    "rms_norm_forward",
+    "rms_norm_backward",
     "Folded",
     "fold_batch_norm",
     "get_num_threads",

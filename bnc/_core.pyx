@@ -1589,3 +1589,5 @@ cdef tuple _stats_fast(_Fast *k, object x):
     if not ok:
         m32, v32 = mean.astype(np.float32), var.astype(np.float32)
     return m32, v32, count
+
+include "_layernorm.pxi"

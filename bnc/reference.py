@@ -652,3 +652,115 @@ def batch_renorm(
         num_batches_tracked=num_batches_tracked,
     )
     return y
+
+
+# ============================================================================
+# Layer norm and RMS norm (float64 twins of bnc.layernorm)
+# ============================================================================
+#
+# The normalized axes are x.shape[axis:] (axis = the first normalized axis);
+# each "row" is one index of the leading axes x.shape[:axis]. Statistics have
+# the leading shape. weight/bias have the normalized shape (None: 1 and 0).
+
+__all__ += [
+    "LayerNormSaved", "RMSNormSaved", "layer_norm", "layer_norm_forward",
+    "layer_norm_backward", "rms_norm", "rms_norm_forward", "rms_norm_backward",
+]
+
+
+class LayerNormSaved(NamedTuple):
+    """mean and invstd = 1/sqrt(var + eps) per row, shape x.shape[:axis], float64."""
+
+    mean: np.ndarray
+    invstd: np.ndarray
+
+
+class RMSNormSaved(NamedTuple):
+    """invrms = 1/sqrt(mean(x^2) + eps) per row, shape x.shape[:axis], float64."""
+
+    invrms: np.ndarray
+
+
+def _norm_axes(ndim: int, axis: int) -> Tuple[int, ...]:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for an array of dimension {ndim}")
+    return tuple(range(axis % ndim, ndim))
+
+
+def _row_affine(v, shape, fill: float) -> np.ndarray:
+    return np.full(shape, fill) if v is None else _as_f64(v).reshape(shape)
+
+
+def layer_norm_forward(x, weight=None, bias=None, *, axis: int = -1, eps: float = 1e-5):
+    """y = (x - mean) * invstd * weight + bias, mean and biased variance over
+    x.shape[axis:]; returns (y, LayerNormSaved(mean, invstd))."""
+    x = _as_f64(x)
+    axes = _norm_axes(x.ndim, axis)
+    norm = x.shape[axes[0]:]
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = (x - mean) * invstd * _row_affine(weight, norm, 1.0) + _row_affine(bias, norm, 0.0)
+    lead = x.shape[:axes[0]]
+    return y, LayerNormSaved(mean.reshape(lead), invstd.reshape(lead))
+
+
+def layer_norm(x, weight=None, bias=None, *, axis: int = -1, eps: float = 1e-5):
+    """Layer norm; see layer_norm_forward."""
+    return layer_norm_forward(x, weight, bias, axis=axis, eps=eps)[0]
+
+
+def layer_norm_backward(grad_out, x, weight, saved, *, axis: int = -1):
+    """(grad_input, grad_weight, grad_bias) of layer norm, as Grads.
+
+    g = dy * weight, xhat = (x - mean) * invstd:
+    dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) over each row;
+    grad_weight = sum over rows of dy * xhat, grad_bias = sum of dy.
+    """
+    x, dy = _as_f64(x), _as_f64(grad_out)
+    axes = _norm_axes(x.ndim, axis)
+    norm, keep = x.shape[axes[0]:], x.shape[:axes[0]] + (1,) * len(axes)
+    mean = _as_f64(saved[0]).reshape(keep)
+    invstd = _as_f64(saved[1]).reshape(keep)
+    xhat = (x - mean) * invstd
+    g = dy * _row_affine(weight, norm, 1.0)
+    dx = invstd * (g - g.mean(axis=axes, keepdims=True)
+                   - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    lead_axes = tuple(range(axes[0]))
+    return Grads(dx, (dy * xhat).sum(axis=lead_axes), dy.sum(axis=lead_axes))
+
+
+def rms_norm_forward(x, weight=None, *, axis: int = -1, eps: Optional[float] = None,
+                     eps_dtype=None):
+    """y = x / sqrt(mean(x^2) + eps) * weight over x.shape[axis:]; returns
+    (y, RMSNormSaved(invrms)). eps=None: np.finfo(eps_dtype or x's dtype).eps."""
+    xin = np.asarray(x)
+    if eps is None:
+        eps = float(np.finfo(eps_dtype if eps_dtype is not None else xin.dtype).eps)
+    x = _as_f64(xin)
+    axes = _norm_axes(x.ndim, axis)
+    norm = x.shape[axes[0]:]
+    invrms = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    y = x * invrms * _row_affine(weight, norm, 1.0)
+    return y, RMSNormSaved(invrms.reshape(x.shape[:axes[0]]))
+
+
+def rms_norm(x, weight=None, *, axis: int = -1, eps: Optional[float] = None):
+    """RMS norm; see rms_norm_forward."""
+    return rms_norm_forward(x, weight, axis=axis, eps=eps)[0]
+
+
+def rms_norm_backward(grad_out, x, weight, saved, *, axis: int = -1):
+    """Grads(grad_input, grad_weight, None) of RMS norm.
+
+    g = dy * weight, xhat = x * invrms:
+    dx = invrms * (g - xhat * mean(g * xhat)); grad_weight = sum over rows of dy * xhat.
+    """
+    x, dy = _as_f64(x), _as_f64(grad_out)
+    axes = _norm_axes(x.ndim, axis)
+    norm, keep = x.shape[axes[0]:], x.shape[:axes[0]] + (1,) * len(axes)
+    invrms = _as_f64(saved[0]).reshape(keep)
+    xhat = x * invrms
+    g = dy * _row_affine(weight, norm, 1.0)
+    dx = invrms * (g - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    return Grads(dx, (dy * xhat).sum(axis=tuple(range(axes[0]))), None)

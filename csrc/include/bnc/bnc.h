@@ -190,6 +190,52 @@ BNC_DECLARE_BATCHNORM(float, float, f32)
 BNC_DECLARE_BATCHNORM(double, double, f64)
 BNC_DECLARE_BATCHNORM(bnc_f16_t, float, f16)
 
+/*
+ * Layer norm and RMS norm, over contiguous rows.
+ * For each (T, P, SFX) in (float, float, f32), (double, double, f64),
+ * (bnc_f16_t, float, f16): x, y, dy, dx are `rows` C-contiguous rows of D
+ * elements of T (row r at x + r * D); weight, bias, dweight, dbias are P[D];
+ * the saved statistics are P[rows]. float16 computes in float32; per-row
+ * sums accumulate in double. weight and bias may be NULL (1 and 0).
+ *
+ * bnc_layernorm_fwd_SFX(rows, D, x, weight, bias, eps, y, save_mean, save_invstd, n_threads)
+ *     y = (x - mean) * invstd * weight + bias per row, mean and biased
+ *     variance of the row, invstd = 1/sqrt(var + eps). save_* may be NULL.
+ *     y may be x (in place).
+ * bnc_layernorm_bwd_SFX(rows, D, dy, x, weight, mean, invstd, dx, dweight, dbias, n_threads)
+ *     g = dy * weight, xhat = (x - mean) * invstd:
+ *     dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) per row;
+ *     dweight = sum over rows of dy * xhat, dbias = sum of dy.
+ *     dx, dweight, dbias may each be NULL.
+ * bnc_rmsnorm_fwd_SFX(rows, D, x, weight, eps, y, save_invrms, n_threads)
+ *     y = x * invrms * weight, invrms = 1/sqrt(mean(x^2) + eps).
+ * bnc_rmsnorm_bwd_SFX(rows, D, dy, x, weight, invrms, dx, dweight, n_threads)
+ *     xhat = x * invrms: dx = invrms * (g - xhat * mean(g * xhat)),
+ *     dweight = sum over rows of dy * xhat.
+ * Rows are split over threads. Column sums are reduced in chunks of rows
+ * fixed by the shape and added in chunk order: results do not depend on
+ * n_threads. Scratch: at most min(rows, 64) x 2 x D doubles.
+ */
+#define BNC_DECLARE_LAYERNORM(T, P, SFX)                                      \
+    int bnc_layernorm_fwd_##SFX(int64_t rows, int64_t D, const T *x,           \
+                                const P *weight, const P *bias, double eps,    \
+                                T *y, P *save_mean, P *save_invstd,            \
+                                int n_threads);                                \
+    int bnc_layernorm_bwd_##SFX(int64_t rows, int64_t D, const T *dy,          \
+                                const T *x, const P *weight, const P *mean,    \
+                                const P *invstd, T *dx, P *dweight, P *dbias,  \
+                                int n_threads);                                \
+    int bnc_rmsnorm_fwd_##SFX(int64_t rows, int64_t D, const T *x,             \
+                              const P *weight, double eps, T *y,               \
+                              P *save_invrms, int n_threads);                  \
+    int bnc_rmsnorm_bwd_##SFX(int64_t rows, int64_t D, const T *dy,            \
+                              const T *x, const P *weight, const P *invrms,    \
+                              T *dx, P *dweight, int n_threads);
+
+BNC_DECLARE_LAYERNORM(float, float, f32)
+BNC_DECLARE_LAYERNORM(double, double, f64)
+BNC_DECLARE_LAYERNORM(bnc_f16_t, float, f16)
+
 #ifdef __cplusplus
 }
 #endif
