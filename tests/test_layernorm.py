@@ -471,3 +471,11 @@ def test_concurrent_calls_match_serial():
 
     with ThreadPoolExecutor(4) as ex:
         assert all(ex.map(run, range(16)))
+
+
+def test_exported_from_the_package():
+    import bnc
+    import bnc.layernorm
+    for name in ("layer_norm", "layer_norm_forward", "layer_norm_backward", "rms_norm",
+                 "rms_norm_forward", "rms_norm_backward", "LayerNormSaved", "RMSNormSaved"):
+        assert name in bnc.__all__ and getattr(bnc, name) is getattr(bnc.layernorm, name)
