@@ -5,60 +5,14 @@
  * rows), results must be bit-identical for 1..4 threads, and bad arguments
  * must give their status code.
  */
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "bnc/bnc.h"
-
-static int failures = 0;
-
-#define CHECK(cond, ...)                                              \
-    do {                                                              \
-        if (!(cond)) {                                                \
-            failures++;                                               \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
-            fprintf(stderr, __VA_ARGS__);                             \
-            fprintf(stderr, "\n");                                    \
-        }                                                             \
-    } while (0)
-
-enum dtype { F32, F64, F16 };
-static const char *dname[] = {"f32", "f64", "f16"};
-static size_t dsize(enum dtype t) { return t == F64 ? 8 : t == F32 ? 4 : 2; }
+#include "testutil.h"
 static size_t psize(enum dtype t) { return t == F64 ? 8 : 4; }
 
-static void put(enum dtype t, void *buf, int64_t i, double v)
-{
-    if (t == F32)
-        ((float *)buf)[i] = (float)v;
-    else if (t == F64)
-        ((double *)buf)[i] = v;
-    else
-        ((bnc_f16_t *)buf)[i] = bnc_f32_to_f16((float)v);
-}
-
-static double get(enum dtype t, const void *buf, int64_t i)
-{
-    if (t == F32)
-        return ((const float *)buf)[i];
-    if (t == F64)
-        return ((const double *)buf)[i];
-    return bnc_f16_to_f32(((const bnc_f16_t *)buf)[i]);
-}
 
 /* per-row / per-column arrays: float for f32 and f16, double for f64 */
 static void pput(enum dtype t, void *buf, int64_t i, double v) { put(t == F64 ? F64 : F32, buf, i, v); }
 static double pget(enum dtype t, const void *buf, int64_t i) { return get(t == F64 ? F64 : F32, buf, i); }
 
-static uint64_t rng_state = 7;
-static double urand(void)
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(rng_state >> 11) * 0x1p-53;
-}
-static double nrand(void) { return sqrt(-2 * log(1 - urand())) * cos(6.283185307179586 * urand()); }
 
 typedef struct {
     void *x, *dy, *w, *b, *y, *m, *s, *dx, *dw, *db;
@@ -236,6 +190,7 @@ static void test_errors(void)
 
 int main(void)
 {
+    rng_state = 7;
     static const int64_t shapes[][2] = {
         {1, 1}, {3, 1}, {4, 7}, {37, 129}, {300, 257}, {5, 1000}, {2, 20000}, {130, 3},
         {2000, 16}, {64, 768},

@@ -46,27 +46,7 @@ typedef struct {
  * double directly.
  * These loops are functions of their own: inlined into the large kernels,
  * they lose their registers to the caller's values and spill. */
-typedef P F(vec_t) __attribute__((vector_size(BNC_VEC_BYTES)));
-typedef P F(uvec_t) __attribute__((vector_size(BNC_VEC_BYTES), aligned(sizeof(P)), may_alias));
-typedef double F(dvec_t) __attribute__((vector_size(BNC_VEC_BYTES * 8 / sizeof(P))));
-enum { F(VL) = BNC_VEC_BYTES / (int)sizeof(P), F(NL) = 4 * F(VL) };
-
-/* The vector at p (any alignment); a[lanes] += f0..f3 (a: double lanes). */
-#define BNC_VLOAD(p) (*(const F(uvec_t) *)(p))
-#define BNC_FLUSH1(a, f)                                                      \
-    do {                                                                      \
-        F(dvec_t) d_;                                                         \
-        memcpy(&d_, (a), sizeof d_);                                          \
-        d_ += __builtin_convertvector((f), F(dvec_t));                        \
-        memcpy((a), &d_, sizeof d_);                                          \
-    } while (0)
-#define BNC_FLUSH4(a)                                                         \
-    do {                                                                      \
-        BNC_FLUSH1((a), f0);                                                  \
-        BNC_FLUSH1((a) + F(VL), f1);                                          \
-        BNC_FLUSH1((a) + 2 * F(VL), f2);                                      \
-        BNC_FLUSH1((a) + 3 * F(VL), f3);                                      \
-    } while (0)
+#include "lanes.h"
 
 /* The reductions below work on P values (see run_* for T), over `rows` runs
  * of n elements, the runs `xs` (and `gs` for dy) elements apart: one call per
@@ -80,8 +60,7 @@ enum { F(VL) = BNC_VEC_BYTES / (int)sizeof(P), F(NL) = 4 * F(VL) };
         f2 += (e2);                                                           \
         f3 += (e3);                                                           \
         if (++groups == BNC_SUB / F(NL)) {                                    \
-            BNC_FLUSH4(a);                                                    \
-            f0 = f1 = f2 = f3 = (F(vec_t)){0};                                \
+            BNC_FLUSH4(a, f0, f1, f2, f3);                                    \
             groups = 0;                                                       \
         }                                                                     \
     } while (0)
@@ -101,7 +80,7 @@ BNC_HOT BNC_NOINLINE static void F(sum_p)(const P *restrict x, int64_t rows, int
         for (int l = 0; i < n; i++, l++) /* the tail, in double */
             a[l] += (double)x[i] - K;
     }
-    BNC_FLUSH4(a);
+    BNC_FLUSH4(a, f0, f1, f2, f3);
 }
 
 /* a += ((x - K) - mu)^2, by lanes: the deviations from K + mu, where K is a
@@ -127,7 +106,7 @@ BNC_HOT BNC_NOINLINE static void F(sqdev_p)(const P *restrict x, int64_t rows, i
             a[l] += v * v;
         }
     }
-    BNC_FLUSH4(a);
+    BNC_FLUSH4(a, f0, f1, f2, f3);
 }
 
 /* a += dy * (x - m), by lanes (m is a P value). */
@@ -148,7 +127,7 @@ BNC_HOT BNC_NOINLINE static void F(dot_p)(const P *restrict dy, int64_t gs,
         for (int l = 0; i < n; i++, l++) /* the tail, in double */
             a[l] += (double)dy[i] * ((double)x[i] - m);
     }
-    BNC_FLUSH4(a);
+    BNC_FLUSH4(a, f0, f1, f2, f3);
 }
 
 /* y = ((x - m) - ml) * a + s; x and y may be the same array. */

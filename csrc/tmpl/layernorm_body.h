@@ -26,27 +26,7 @@
 
 #define F(name) BNC_CAT(name, BNC_CAT(_, SFX))
 
-typedef P F(lvec_t) __attribute__((vector_size(BNC_VEC_BYTES)));
-typedef P F(luvec_t) __attribute__((vector_size(BNC_VEC_BYTES), aligned(sizeof(P)), may_alias));
-typedef double F(ldvec_t) __attribute__((vector_size(BNC_VEC_BYTES * 8 / sizeof(P))));
-enum { F(LVL) = BNC_VEC_BYTES / (int)sizeof(P), F(LNL) = 4 * F(LVL) };
-
-#define LN_LOAD(p) (*(const F(luvec_t) *)(p))
-#define LN_FLUSH1(a, f)                                                       \
-    do {                                                                      \
-        F(ldvec_t) d_;                                                        \
-        memcpy(&d_, (a), sizeof d_);                                          \
-        d_ += __builtin_convertvector((f), F(ldvec_t));                       \
-        memcpy((a), &d_, sizeof d_);                                          \
-    } while (0)
-#define LN_FLUSH4(a, f0, f1, f2, f3)                                          \
-    do {                                                                      \
-        LN_FLUSH1((a), f0);                                                   \
-        LN_FLUSH1((a) + F(LVL), f1);                                          \
-        LN_FLUSH1((a) + 2 * F(LVL), f2);                                      \
-        LN_FLUSH1((a) + 3 * F(LVL), f3);                                      \
-        f0 = f1 = f2 = f3 = (F(lvec_t)){0};                                   \
-    } while (0)
+#include "lanes.h"
 
 /* The lane reductions below work on P values and add to the caller's
  * BNC_LANES double lanes `a` (folded once per row with bnc_lanes_sum). A call
@@ -57,20 +37,20 @@ enum { F(LVL) = BNC_VEC_BYTES / (int)sizeof(P), F(LNL) = 4 * F(LVL) };
 BNC_HOT BNC_NOINLINE static void F(ln_sum)(const P *restrict x, int64_t n, P k,
                                            double *restrict a)
 {
-    F(lvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+    F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
     int groups = 0;
     int64_t i = 0;
-    for (; i + F(LNL) <= n; i += F(LNL)) {
-        f0 += LN_LOAD(x + i) - k;
-        f1 += LN_LOAD(x + i + F(LVL)) - k;
-        f2 += LN_LOAD(x + i + 2 * F(LVL)) - k;
-        f3 += LN_LOAD(x + i + 3 * F(LVL)) - k;
-        if (++groups == BNC_SUB / F(LNL)) {
-            LN_FLUSH4(a, f0, f1, f2, f3);
+    for (; i + F(NL) <= n; i += F(NL)) {
+        f0 += BNC_VLOAD(x + i) - k;
+        f1 += BNC_VLOAD(x + i + F(VL)) - k;
+        f2 += BNC_VLOAD(x + i + 2 * F(VL)) - k;
+        f3 += BNC_VLOAD(x + i + 3 * F(VL)) - k;
+        if (++groups == BNC_SUB / F(NL)) {
+            BNC_FLUSH4(a, f0, f1, f2, f3);
             groups = 0;
         }
     }
-    LN_FLUSH4(a, f0, f1, f2, f3);
+    BNC_FLUSH4(a, f0, f1, f2, f3);
     for (int l = 0; i < n; i++, l++) /* the tail, in double */
         a[l] += (double)x[i] - (double)k;
 }
@@ -79,24 +59,24 @@ BNC_HOT BNC_NOINLINE static void F(ln_sum)(const P *restrict x, int64_t n, P k,
 BNC_HOT BNC_NOINLINE static void F(ln_sqdev)(const P *restrict x, int64_t n, P k, P m,
                                              double *restrict a)
 {
-    F(lvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+    F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
     int groups = 0;
     int64_t i = 0;
-    for (; i + F(LNL) <= n; i += F(LNL)) {
-        F(lvec_t) v0 = (LN_LOAD(x + i) - k) - m;
-        F(lvec_t) v1 = (LN_LOAD(x + i + F(LVL)) - k) - m;
-        F(lvec_t) v2 = (LN_LOAD(x + i + 2 * F(LVL)) - k) - m;
-        F(lvec_t) v3 = (LN_LOAD(x + i + 3 * F(LVL)) - k) - m;
+    for (; i + F(NL) <= n; i += F(NL)) {
+        F(vec_t) v0 = (BNC_VLOAD(x + i) - k) - m;
+        F(vec_t) v1 = (BNC_VLOAD(x + i + F(VL)) - k) - m;
+        F(vec_t) v2 = (BNC_VLOAD(x + i + 2 * F(VL)) - k) - m;
+        F(vec_t) v3 = (BNC_VLOAD(x + i + 3 * F(VL)) - k) - m;
         f0 += v0 * v0;
         f1 += v1 * v1;
         f2 += v2 * v2;
         f3 += v3 * v3;
-        if (++groups == BNC_SUB / F(LNL)) {
-            LN_FLUSH4(a, f0, f1, f2, f3);
+        if (++groups == BNC_SUB / F(NL)) {
+            BNC_FLUSH4(a, f0, f1, f2, f3);
             groups = 0;
         }
     }
-    LN_FLUSH4(a, f0, f1, f2, f3);
+    BNC_FLUSH4(a, f0, f1, f2, f3);
     for (int l = 0; i < n; i++, l++) { /* the tail, in double */
         double v = ((double)x[i] - (double)k) - (double)m;
         a[l] += v * v;
@@ -108,35 +88,35 @@ BNC_HOT BNC_NOINLINE static void F(ln_dots)(const P *restrict dy, const P *restr
                                             const P *restrict w, int64_t n, P m,
                                             double *restrict a, double *restrict b)
 {
-    F(lvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
-    F(lvec_t) h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};
+    F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+    F(vec_t) h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};
     int groups = 0;
     int64_t i = 0;
-    for (; i + F(LNL) <= n; i += F(LNL)) {
-        F(lvec_t) g0 = LN_LOAD(dy + i), g1 = LN_LOAD(dy + i + F(LVL));
-        F(lvec_t) g2 = LN_LOAD(dy + i + 2 * F(LVL)), g3 = LN_LOAD(dy + i + 3 * F(LVL));
+    for (; i + F(NL) <= n; i += F(NL)) {
+        F(vec_t) g0 = BNC_VLOAD(dy + i), g1 = BNC_VLOAD(dy + i + F(VL));
+        F(vec_t) g2 = BNC_VLOAD(dy + i + 2 * F(VL)), g3 = BNC_VLOAD(dy + i + 3 * F(VL));
         if (w) {
-            g0 *= LN_LOAD(w + i);
-            g1 *= LN_LOAD(w + i + F(LVL));
-            g2 *= LN_LOAD(w + i + 2 * F(LVL));
-            g3 *= LN_LOAD(w + i + 3 * F(LVL));
+            g0 *= BNC_VLOAD(w + i);
+            g1 *= BNC_VLOAD(w + i + F(VL));
+            g2 *= BNC_VLOAD(w + i + 2 * F(VL));
+            g3 *= BNC_VLOAD(w + i + 3 * F(VL));
         }
         f0 += g0;
         f1 += g1;
         f2 += g2;
         f3 += g3;
-        h0 += g0 * (LN_LOAD(x + i) - m);
-        h1 += g1 * (LN_LOAD(x + i + F(LVL)) - m);
-        h2 += g2 * (LN_LOAD(x + i + 2 * F(LVL)) - m);
-        h3 += g3 * (LN_LOAD(x + i + 3 * F(LVL)) - m);
-        if (++groups == BNC_SUB / F(LNL)) {
-            LN_FLUSH4(a, f0, f1, f2, f3);
-            LN_FLUSH4(b, h0, h1, h2, h3);
+        h0 += g0 * (BNC_VLOAD(x + i) - m);
+        h1 += g1 * (BNC_VLOAD(x + i + F(VL)) - m);
+        h2 += g2 * (BNC_VLOAD(x + i + 2 * F(VL)) - m);
+        h3 += g3 * (BNC_VLOAD(x + i + 3 * F(VL)) - m);
+        if (++groups == BNC_SUB / F(NL)) {
+            BNC_FLUSH4(a, f0, f1, f2, f3);
+            BNC_FLUSH4(b, h0, h1, h2, h3);
             groups = 0;
         }
     }
-    LN_FLUSH4(a, f0, f1, f2, f3);
-    LN_FLUSH4(b, h0, h1, h2, h3);
+    BNC_FLUSH4(a, f0, f1, f2, f3);
+    BNC_FLUSH4(b, h0, h1, h2, h3);
     for (int l = 0; i < n; i++, l++) { /* the tail, in double */
         double g = (double)(w ? dy[i] * w[i] : dy[i]);
         a[l] += g;
@@ -559,9 +539,9 @@ int F(bnc_rmsnorm_bwd)(int64_t rows, int64_t D, const T *dy, const T *x, const P
     return F(ln_bwd)(1, rows, D, dy, x, weight, NULL, invrms, dx, dweight, NULL, n_threads);
 }
 
-#undef LN_LOAD
-#undef LN_FLUSH1
-#undef LN_FLUSH4
+#undef BNC_VLOAD
+#undef BNC_FLUSH1
+#undef BNC_FLUSH4
 #undef F
 #undef T
 #undef P
