@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Benchmark the normalization family beyond batch norm: bnc against the usual
+NumPy code and PyTorch CPU (when installed), in one process and one run.
+
+For every (op, shape, dtype, threads): median and min time of each library
+(interleaved, as in run.py), the speed-up of bnc over each, and a check of
+each library's output against bnc's (max abs difference / max abs value).
+
+Usage (from the repository root)::
+
+    python bench/family.py --quick
+    python bench/family.py --threads 1,2 --ops layer_norm,rms_norm
+
+Ops: layer_norm, layer_norm_backward, rms_norm, rms_norm_backward,
+batch_renorm, batch_renorm_backward (PyTorch has no batch renorm: its
+column is batch norm's kernel, the cost batch renorm is compared against),
+and group_norm, group_norm_backward when bnc has them. See bench/README.md.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import _import_bnc, _import_torch, fmt_ms, time_calls  # noqa: E402
+
+EPS = 1e-5
+
+# (op, shape, extra); rows are the trailing axis for layer/RMS norm
+FULL = [
+    ("layer_norm", (64, 197, 768)), ("layer_norm", (8192, 1024)), ("layer_norm", (64, 64)),
+    ("rms_norm", (64, 197, 768)), ("rms_norm", (8192, 1024)),
+    ("batch_renorm", (32, 64, 56, 56)), ("batch_renorm", (256, 1024)),
+    ("group_norm", (32, 64, 56, 56)), ("group_norm", (8, 256, 14, 14)),
+]
+QUICK = [("layer_norm", (64, 197, 768)), ("rms_norm", (64, 197, 768)),
+         ("batch_renorm", (32, 64, 56, 56)), ("group_norm", (32, 64, 56, 56))]
+GROUPS = 32
+
+
+def rel_diff(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def setup(op, shape, dtype, rng):
+    """The inputs of one case: x, dy and the parameters, bnc's own dtypes."""
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    if op in ("layer_norm", "rms_norm"):
+        n = shape[-1]
+    else:
+        n = shape[1]
+    w = (rng.random(n) + 0.5).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype)
+    return x, dy, w, b
+
+
+def make(bnc, torch, op, x, dy, w, b, thr):
+    """{library: callable} for the forward and the backward of op."""
+    F = torch.nn.functional if torch is not None else None
+    t = (lambda a: torch.from_numpy(a)) if torch is not None else None
+    fwd, bwd = {}, {}
+    if op == "layer_norm":
+        y, saved = bnc.layer_norm_forward(x, w, b, n_threads=thr)
+        fwd["bnc"] = lambda: bnc.layer_norm_forward(x, w, b, n_threads=thr)[0]
+        bwd["bnc"] = lambda: bnc.layer_norm_backward(dy, x, w, saved, n_threads=thr)[0]
+
+        def np_fwd():
+            m = x.mean(-1, keepdims=True)
+            v = x.var(-1, keepdims=True)
+            return (x - m) / np.sqrt(v + EPS) * w + b
+
+        def np_bwd():
+            m = x.mean(-1, keepdims=True)
+            inv = 1 / np.sqrt(x.var(-1, keepdims=True) + EPS)
+            xh = (x - m) * inv
+            g = dy * w
+            return inv * (g - g.mean(-1, keepdims=True)
+                          - xh * (g * xh).mean(-1, keepdims=True))
+        fwd["numpy"], bwd["numpy"] = np_fwd, np_bwd
+        if torch is not None:
+            tx, tdy, tw, tb = t(x), t(dy), t(w), t(b)
+            ns = [x.shape[-1]]
+            _, tm, tr = torch.ops.aten.native_layer_norm(tx, ns, tw, tb, EPS)
+            fwd["torch"] = lambda: F.layer_norm(tx, ns, tw, tb, EPS).numpy()
+            bwd["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(
+                tdy, tx, ns, tm, tr, tw, tb, [True, True, True])[0].numpy()
+    elif op == "rms_norm":
+        eps = float(np.finfo(np.float32 if x.dtype != np.float64 else np.float64).eps)
+        y, saved = bnc.rms_norm_forward(x, w, n_threads=thr)
+        fwd["bnc"] = lambda: bnc.rms_norm_forward(x, w, n_threads=thr)[0]
+        bwd["bnc"] = lambda: bnc.rms_norm_backward(dy, x, w, saved, n_threads=thr)[0]
+
+        def np_fwd():
+            return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+        def np_bwd():
+            inv = 1 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+            xh = x * inv
+            g = dy * w
+            return inv * (g - xh * (g * xh).mean(-1, keepdims=True))
+        fwd["numpy"], bwd["numpy"] = np_fwd, np_bwd
+        if torch is not None:
+            tx, tdy, tw = t(x), t(dy), t(w)
+            ns = [x.shape[-1]]
+            fwd["torch"] = lambda: F.rms_norm(tx, ns, tw).numpy()
+
+            def torch_bwd():  # no aten backward op: autograd (its overhead included)
+                xr = tx.detach().requires_grad_(True)
+                F.rms_norm(xr, ns, tw).backward(tdy)
+                return xr.grad.numpy()
+            bwd["torch"] = torch_bwd
+    elif op == "batch_renorm":
+        C = x.shape[1]
+        rm = np.zeros(C, w.dtype)
+        rv = np.ones(C, w.dtype)
+        y, saved = bnc.batch_renorm_forward(x, w, b, rm, rv, rmax=3.0, dmax=5.0, n_threads=thr)
+        fwd["bnc"] = lambda: bnc.batch_renorm_forward(x, w, b, rm, rv, rmax=3.0, dmax=5.0,
+                                                      n_threads=thr)[0]
+        bwd["bnc"] = lambda: bnc.batch_renorm_backward(dy, x, w, saved, n_threads=thr)[0]
+        axes = tuple(a for a in range(x.ndim) if a != 1)
+        bs = [1] * x.ndim
+        bs[1] = -1
+
+        def np_fwd():
+            m = x.mean(axes, keepdims=True)
+            sb = np.sqrt(x.var(axes, keepdims=True) + EPS)
+            s = np.sqrt(rv.reshape(bs) + EPS)
+            r = np.clip(sb / s, 1 / 3.0, 3.0)
+            d = np.clip((m - rm.reshape(bs)) / s, -5.0, 5.0)
+            return ((x - m) / sb * r + d) * w.reshape(bs) + b.reshape(bs)
+        fwd["numpy"] = np_fwd
+        # the backward is batch norm's with weight*r: the NumPy and torch
+        # columns time batch norm's backward, the closest existing code
+        if torch is not None:
+            tx, tw, tb = t(x), t(w), t(b)
+            fwd["torch"] = lambda: F.batch_norm(tx, None, None, tw, tb, True).numpy()
+    elif op == "group_norm":
+        if not hasattr(bnc, "group_norm_forward"):
+            return None, None
+        y, saved = bnc.group_norm_forward(x, GROUPS, w, b, n_threads=thr)
+        fwd["bnc"] = lambda: bnc.group_norm_forward(x, GROUPS, w, b, n_threads=thr)[0]
+        bwd["bnc"] = lambda: bnc.group_norm_backward(dy, x, GROUPS, w, saved,
+                                                     n_threads=thr)[0]
+        bs = [1] * x.ndim
+        bs[1] = -1
+
+        def np_fwd():
+            g = x.reshape(x.shape[0], GROUPS, -1)
+            m = g.mean(-1, keepdims=True)
+            v = g.var(-1, keepdims=True)
+            return ((g - m) / np.sqrt(v + EPS)).reshape(x.shape) * w.reshape(bs) \
+                + b.reshape(bs)
+        fwd["numpy"] = np_fwd
+        if torch is not None:
+            tx, tw, tb = t(x), t(w), t(b)
+            fwd["torch"] = lambda: F.group_norm(tx, GROUPS, tw, tb, EPS).numpy()
+    return fwd, bwd
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="4 cases, smaller budget")
+    p.add_argument("--threads", default=None, help="comma list (default: 1 and all cores)")
+    p.add_argument("--ops", default=None, help="comma list of ops (default: all)")
+    p.add_argument("--budget", type=float, default=None, help="seconds per measurement")
+    p.add_argument("--repeats", type=int, default=None, help="most timed repeats")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    args = p.parse_args(argv)
+    bnc = _import_bnc()
+    torch, torch_info = _import_torch(args.no_torch)
+    ncores = len(os.sched_getaffinity(0))
+    threads = ([int(v) for v in args.threads.split(",")] if args.threads
+               else sorted({1, ncores}))
+    budget = args.budget or (0.1 if args.quick else 0.3)
+    repeats = args.repeats or (10 if args.quick else 30)
+    cases = QUICK if args.quick else FULL
+    if args.ops:
+        keep = {o.split("_backward")[0] for o in args.ops.split(",")}
+        cases = [c for c in cases if c[0] in keep]
+    print(f"bnc {bnc.__version__}; numpy {np.__version__}; torch {torch_info}")
+    print("times in ms (median, min); vs: their median / bnc median; diff: max |other - bnc|"
+          " / max |bnc| of the forward")
+    head = (f"{'op':22s} {'shape':16s} {'thr':>3s} {'bnc med':>9s} {'min':>8s} "
+            f"{'np med':>9s} {'torch med':>9s} {'vs np':>7s} {'vs torch':>8s} {'diff':>8s}")
+    print(head)
+    print("-" * len(head))
+    rng = np.random.default_rng(0)
+    status = 0
+    for op, shape in cases:
+        x, dy, w, b = setup(op, shape, np.float32, rng)
+        for i, thr in enumerate(threads):
+            prev = torch.get_num_threads() if torch is not None else None
+            if torch is not None:
+                torch.set_num_threads(thr)
+            try:
+                fwd, bwd = make(bnc, torch, op, x, dy, w, b, thr)
+                if fwd is None:
+                    print(f"{op:22s} {'x'.join(map(str, shape)):16s} not in this bnc")
+                    break
+                for name, fns in ((op, fwd), (op + "_backward", bwd)):
+                    if args.ops and name not in args.ops.split(","):
+                        continue
+                    if not fns:
+                        continue
+                    if i > 0:
+                        fns.pop("numpy", None)   # single-threaded: timed once
+                    res = time_calls(fns, repeats, budget)
+                    st = {k: v[0] for k, v in res.items()}
+                    if any("error" in s for s in st.values()):
+                        status = 1
+                        print(f"{name:22s} error: {st}")
+                        continue
+                    ref = res["bnc"][1]
+                    # torch's batch_renorm column is batch norm: not the same output
+                    diffs = [rel_diff(v[1], ref) for k, v in res.items()
+                             if k != "bnc" and not (op == "batch_renorm" and k == "torch")]
+                    bm = st["bnc"]["median_ms"]
+
+                    def col(k):
+                        return fmt_ms(st[k]["median_ms"]) if k in st else "-"
+
+                    def vs(k):
+                        return f"{st[k]['median_ms'] / bm:.2f}x" if k in st else "-"
+                    print(f"{name:22s} {'x'.join(map(str, shape)):16s} {thr:3d} "
+                          f"{fmt_ms(bm):>9s} {fmt_ms(st['bnc']['min_ms']):>8s} "
+                          f"{col('numpy'):>9s} {col('torch'):>9s} {vs('numpy'):>7s} "
+                          f"{vs('torch'):>8s} "
+                          f"{(max(diffs) if diffs else 0):8.1e}", flush=True)
+            finally:
+                if torch is not None:
+                    torch.set_num_threads(prev)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
