@@ -1,0 +1,394 @@
+/*
+ * groupnorm_body.h - group norm kernels, written once per dtype.
+ *
+ * groupnorm.c includes this file once per dtype after defining T (storage),
+ * P (arithmetic, weight/bias/statistics type) and SFX, and undefines them at
+ * its end. T is P (float32, float64): no staging.
+ *
+ * x is N images of C channels and HW positions, channels first (NCHW: element
+ * (n, c, i) at (n * C + c) * HW + i) or channels last (NHWC: at
+ * (n * HW + i) * C + c). The C channels form G groups of Cg = C / G
+ * contiguous channels; statistics are per (n, g) over Cg * HW elements.
+ *
+ * NCHW: each (n, g) is one contiguous run of Cg * HW elements, summed with the
+ * layer norm lane reductions (rowsums.h), then read again for the squared
+ * deviations and the output while in cache. Work items are the N * G runs.
+ * NHWC: work items are the N images; each is HW rows of C contiguous channels,
+ * summed per channel in P for at most BNC_SUB rows, then into per-channel
+ * doubles, and the Cg channel sums of a group added in channel order.
+ * Items are split statically over threads and nothing is shared between
+ * items, so results do not depend on n_threads. Backward: the per-(n, c) sums
+ * of dy and dy * xhat go to an N x C x 2 array of doubles, and dweight/dbias
+ * add them over n in order after the parallel region.
+ * Scratch: backward 16 * N * C bytes; NHWC also C * (16 + 6 * sizeof(P))
+ * bytes per thread.
+ */
+
+#define F(name) BNC_CAT(name, BNC_CAT(_, SFX))
+
+#include "rowsums.h"
+
+typedef struct {
+    int64_t N, C, HW, G, Cg;
+    int cl;
+    const T *x, *dy;
+    const P *weight, *bias, *mean, *invstd;
+    double eps;
+    T *y; /* the output, or dx in the backward */
+    P *save_mean, *save_invstd;
+    double *parts;  /* backward: N x C x 2 (sum dy, sum dy * xhat) */
+    char *scratch;  /* NHWC: per-thread C-length arrays */
+    size_t scratch_bytes;
+} F(gctx_t);
+
+/* Statistics of one group from its sums: mu = mean of (x - k), ss = sum of
+ * squared deviations about (P)mu; returns (mean, invstd) as layer norm does. */
+static inline void F(gn_stats)(double mu, double ss, double n, P k, double eps,
+                               double *mean, double *invstd)
+{
+    double d = mu - (double)(P)mu;
+    double var = ss / n - d * d;
+    if (var < 0)
+        var = 0;
+    *mean = (double)k + mu;
+    *invstd = 1.0 / sqrt(var + eps);
+}
+
+/* ---- NCHW ---- */
+
+BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
+{
+    const int64_t HW = k->HW, L = k->Cg * HW, c0 = (j % k->G) * k->Cg;
+    const T *x = k->x + j * L;
+    T *y = k->y + j * L;
+    double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
+    double mean, invstd;
+    const P kx = x[0];
+    F(ln_sum)(x, L, kx, a1);
+    double mu = bnc_lanes_sum(a1) / (double)L;
+    F(ln_sqdev)(x, L, kx, (P)mu, a2);
+    F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &invstd);
+    const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
+    if (k->save_mean)
+        k->save_mean[j] = cm;
+    if (k->save_invstd)
+        k->save_invstd[j] = a;
+    for (int64_t c = 0; c < k->Cg; c++) {
+        const P w = k->weight ? k->weight[c0 + c] : (P)1, b = k->bias ? k->bias[c0 + c] : (P)0;
+        const T *xc = x + c * HW;
+        T *yc = y + c * HW;
+        for (int64_t i = 0; i < HW; i++)
+            yc[i] = (((xc[i] - cm) - cl) * a) * w + b;
+    }
+}
+
+BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
+{
+    const int64_t HW = k->HW, L = k->Cg * HW, n = j / k->G, c0 = (j % k->G) * k->Cg;
+    const T *x = k->x + j * L, *dy = k->dy + j * L;
+    const P m = k->mean[j], s = k->invstd[j];
+    double *pc = k->parts + (n * k->C + c0) * 2;
+    double A = 0, B = 0;
+    for (int64_t c = 0; c < k->Cg; c++) {
+        double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
+        F(ln_dots)(dy + c * HW, x + c * HW, NULL, HW, m, a1, a2);
+        const double sdy = bnc_lanes_sum(a1), sdx = bnc_lanes_sum(a2);
+        const double w = k->weight ? (double)k->weight[c0 + c] : 1.0;
+        pc[2 * c] = sdy;
+        pc[2 * c + 1] = sdx * (double)s;
+        A += w * sdy;
+        B += w * sdx;
+    }
+    if (!k->y)
+        return;
+    const P ca = (P)(A / (double)L), cg = (P)((double)s * (double)s * B / (double)L);
+    for (int64_t c = 0; c < k->Cg; c++) {
+        const P w = k->weight ? k->weight[c0 + c] : (P)1;
+        const T *xc = x + c * HW, *gc = dy + c * HW;
+        T *dx = k->y + j * L + c * HW;
+        for (int64_t i = 0; i < HW; i++)
+            dx[i] = ((gc[i] * w - ca) - (xc[i] - m) * cg) * s;
+    }
+}
+
+/* ---- NHWC ---- */
+
+/* Per-thread arrays of C elements. */
+typedef struct {
+    double *d1, *d2;
+    P *p1, *p2, *k, *m, *cl, *a;
+} F(gscr_t);
+
+static F(gscr_t) F(gn_scratch)(const F(gctx_t) *k, int64_t t)
+{
+    const int64_t C = k->C;
+    F(gscr_t) r;
+    char *base = k->scratch + (size_t)t * k->scratch_bytes;
+    r.d1 = (double *)base;
+    r.d2 = r.d1 + C;
+    r.p1 = (P *)(r.d2 + C);
+    r.p2 = r.p1 + C;
+    r.k = r.p2 + C;
+    r.m = r.k + C;
+    r.cl = r.m + C;
+    r.a = r.cl + C;
+    return r;
+}
+
+static inline void F(gn_flush)(double *restrict d, P *restrict p, int64_t n)
+{
+    for (int64_t c = 0; c < n; c++) {
+        d[c] += (double)p[c];
+        p[c] = 0;
+    }
+}
+
+BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
+{
+    const int64_t C = k->C, HW = k->HW, G = k->G, Cg = k->Cg;
+    const double L = (double)(Cg * HW);
+    const T *x = k->x + n * HW * C;
+    T *y = k->y + n * HW * C;
+    /* shift: each group's first value */
+    for (int64_t c = 0; c < C; c++) {
+        r.k[c] = x[c - c % Cg];
+        r.d1[c] = r.d2[c] = 0;
+        r.p1[c] = r.p2[c] = 0;
+    }
+    for (int64_t i = 0; i < HW; i++) {
+        const T *xi = x + i * C;
+        for (int64_t c = 0; c < C; c++)
+            r.p1[c] += xi[c] - r.k[c];
+        if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1)
+            F(gn_flush)(r.d1, r.p1, C);
+    }
+    for (int64_t g = 0; g < G; g++) {
+        double sum = 0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
+            sum += r.d1[c];
+        const P mp = (P)(sum / L);
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
+            r.m[c] = mp;
+        r.d1[g] = sum / L; /* mu of group g (c >= g: not read again) */
+    }
+    for (int64_t i = 0; i < HW; i++) {
+        const T *xi = x + i * C;
+        for (int64_t c = 0; c < C; c++) {
+            P v = (xi[c] - r.k[c]) - r.m[c];
+            r.p2[c] += v * v;
+        }
+        if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1)
+            F(gn_flush)(r.d2, r.p2, C);
+    }
+    for (int64_t g = 0; g < G; g++) {
+        double ss = 0, mean, invstd;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
+            ss += r.d2[c];
+        F(gn_stats)(r.d1[g], ss, L, r.k[g * Cg], k->eps, &mean, &invstd);
+        const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
+        if (k->save_mean)
+            k->save_mean[n * G + g] = cm;
+        if (k->save_invstd)
+            k->save_invstd[n * G + g] = a;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+            r.m[c] = cm;
+            r.cl[c] = cl;
+            r.a[c] = a;
+            r.k[c] = k->weight ? k->weight[c] : (P)1; /* k: now the weight */
+            r.p1[c] = k->bias ? k->bias[c] : (P)0;    /* p1: now the bias */
+        }
+    }
+    for (int64_t i = 0; i < HW; i++) {
+        const T *xi = x + i * C;
+        T *yi = y + i * C;
+        for (int64_t c = 0; c < C; c++)
+            yi[c] = (((xi[c] - r.m[c]) - r.cl[c]) * r.a[c]) * r.k[c] + r.p1[c];
+    }
+}
+
+BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
+{
+    const int64_t C = k->C, HW = k->HW, G = k->G, Cg = k->Cg;
+    const double L = (double)(Cg * HW);
+    const T *x = k->x + n * HW * C, *dy = k->dy + n * HW * C;
+    double *pc = k->parts + n * C * 2;
+    for (int64_t c = 0; c < C; c++) {
+        r.m[c] = k->mean[n * G + c / Cg];
+        r.d1[c] = r.d2[c] = 0;
+        r.p1[c] = r.p2[c] = 0;
+    }
+    for (int64_t i = 0; i < HW; i++) {
+        const T *xi = x + i * C, *gi = dy + i * C;
+        for (int64_t c = 0; c < C; c++) {
+            r.p1[c] += gi[c];
+            r.p2[c] += gi[c] * (xi[c] - r.m[c]);
+        }
+        if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1) {
+            F(gn_flush)(r.d1, r.p1, C);
+            F(gn_flush)(r.d2, r.p2, C);
+        }
+    }
+    for (int64_t g = 0; g < G; g++) {
+        const P s = k->invstd[n * G + g];
+        double A = 0, B = 0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+            const double w = k->weight ? (double)k->weight[c] : 1.0;
+            pc[2 * c] = r.d1[c];
+            pc[2 * c + 1] = r.d2[c] * (double)s;
+            A += w * r.d1[c];
+            B += w * r.d2[c];
+        }
+        const P ca = (P)(A / L), cg = (P)((double)s * (double)s * B / L);
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+            r.k[c] = k->weight ? k->weight[c] : (P)1; /* k: the weight */
+            r.p1[c] = ca;
+            r.cl[c] = cg;
+            r.a[c] = s;
+        }
+    }
+    if (!k->y)
+        return;
+    T *dx = k->y + n * HW * C;
+    for (int64_t i = 0; i < HW; i++) {
+        const T *xi = x + i * C, *gi = dy + i * C;
+        T *di = dx + i * C;
+        for (int64_t c = 0; c < C; c++)
+            di[c] = ((gi[c] * r.k[c] - r.p1[c]) - (xi[c] - r.m[c]) * r.cl[c]) * r.a[c];
+    }
+}
+
+/* ---- driver ---- */
+
+static void F(gn_thread)(const F(gctx_t) *k, int bwd, int64_t t, int64_t nt)
+{
+    const int64_t items = k->cl ? k->N : k->N * k->G;
+    for (int64_t j = items * t / nt; j < items * (t + 1) / nt; j++) {
+        if (k->cl) {
+            if (bwd)
+                F(gn_bwd_nhwc)(k, j, F(gn_scratch)(k, t));
+            else
+                F(gn_fwd_nhwc)(k, j, F(gn_scratch)(k, t));
+        } else if (bwd)
+            F(gn_bwd_nchw)(k, j);
+        else
+            F(gn_fwd_nchw)(k, j);
+    }
+}
+
+static int F(gn_run)(F(gctx_t) *k, int bwd, int n_threads)
+{
+    const int64_t items = k->cl ? k->N : k->N * k->G;
+    int nt = k->N * k->C * k->HW < BNC_SERIAL_BELOW ? 1 : n_threads;
+    if (nt > items)
+        nt = (int)items;
+    if (nt < 1)
+        nt = 1;
+    if (k->cl) {
+        k->scratch_bytes = (size_t)k->C * (2 * sizeof(double) + 6 * sizeof(P));
+        k->scratch_bytes = (k->scratch_bytes + 63) / 64 * 64;
+        k->scratch = malloc(k->scratch_bytes * (size_t)nt);
+        if (!k->scratch)
+            return BNC_ERR_NOMEM;
+    }
+#ifdef _OPENMP
+    if (nt > 1) {
+        BNC_GN_OMP(parallel num_threads(nt))
+        F(gn_thread)(k, bwd, omp_get_thread_num(), omp_get_num_threads());
+    } else
+#endif
+        F(gn_thread)(k, bwd, 0, 1);
+    free(k->scratch);
+    k->scratch = NULL;
+    return BNC_OK;
+}
+
+static int F(gn_check)(int64_t N, int64_t C, int64_t HW, int64_t G, const T *x,
+                       int n_threads)
+{
+    if (N < 1 || C < 1 || HW < 1 || G < 1 || C % G != 0 || N > INT64_MAX / C ||
+        N * C > INT64_MAX / HW)
+        return BNC_ERR_SHAPE;
+    if (!x)
+        return BNC_ERR_NULL;
+    if (n_threads < 1)
+        return BNC_ERR_THREADS;
+    return BNC_OK;
+}
+
+int F(bnc_groupnorm_fwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
+                         const T *x, const P *weight, const P *bias, double eps, T *y,
+                         P *save_mean, P *save_invstd, int n_threads)
+{
+    F(gctx_t) k = {0};
+    int st = F(gn_check)(N, C, HW, G, x, n_threads);
+    if (st)
+        return st;
+    if (!y)
+        return BNC_ERR_NULL;
+    if (!(eps > 0) || !isfinite(eps))
+        return BNC_ERR_EPS;
+    k.N = N;
+    k.C = C;
+    k.HW = HW;
+    k.G = G;
+    k.Cg = C / G;
+    k.cl = channels_last != 0;
+    k.x = x;
+    k.weight = weight;
+    k.bias = bias;
+    k.eps = eps;
+    k.y = y;
+    k.save_mean = save_mean;
+    k.save_invstd = save_invstd;
+    return F(gn_run)(&k, 0, n_threads);
+}
+
+int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
+                         const T *dy, const T *x, const P *weight, const P *mean,
+                         const P *invstd, T *dx, P *dweight, P *dbias, int n_threads)
+{
+    F(gctx_t) k = {0};
+    int st = F(gn_check)(N, C, HW, G, x, n_threads);
+    if (st)
+        return st;
+    if (!dy || !mean || !invstd)
+        return BNC_ERR_NULL;
+    k.N = N;
+    k.C = C;
+    k.HW = HW;
+    k.G = G;
+    k.Cg = C / G;
+    k.cl = channels_last != 0;
+    k.x = x;
+    k.dy = dy;
+    k.weight = weight;
+    k.mean = mean;
+    k.invstd = invstd;
+    k.y = dx;
+    k.parts = malloc(sizeof(double) * 2 * (size_t)(N * C));
+    if (!k.parts)
+        return BNC_ERR_NOMEM;
+    st = F(gn_run)(&k, 1, n_threads);
+    if (st == BNC_OK)
+        for (int64_t c = 0; c < C; c++) { /* over n in order */
+            double sb = 0, sw = 0;
+            for (int64_t n = 0; n < N; n++) {
+                sb += k.parts[(n * C + c) * 2];
+                sw += k.parts[(n * C + c) * 2 + 1];
+            }
+            if (dweight)
+                dweight[c] = (P)sw;
+            if (dbias)
+                dbias[c] = (P)sb;
+        }
+    free(k.parts);
+    return st;
+}
+
+#undef BNC_VLOAD
+#undef BNC_FLUSH1
+#undef BNC_FLUSH4
+#undef F
+#undef T
+#undef P
+#undef SFX
