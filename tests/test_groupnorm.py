@@ -100,6 +100,9 @@ def test_out_and_in_place():
     assert group_norm(x, 2, w, b, out=out) is out and bit_equal(out, ref)
     xc = x.copy()
     assert group_norm(xc, 2, w, b, out=xc) is xc and bit_equal(xc, ref)
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    refl = group_norm(xl, 2, w, b, channel_axis=-1)
+    assert group_norm(xl, 2, w, b, channel_axis=-1, out=xl) is xl and bit_equal(xl, refl)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DIDS)

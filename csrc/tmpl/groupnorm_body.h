@@ -156,9 +156,11 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
         r.p1[c] = r.p2[c] = 0;
     }
     for (int64_t i = 0; i < HW; i++) {
-        const T *xi = x + i * C;
+        const T *restrict xi = x + i * C;
+        P *restrict p1 = r.p1;
+        const P *restrict kc = r.k;
         for (int64_t c = 0; c < C; c++)
-            r.p1[c] += xi[c] - r.k[c];
+            p1[c] += xi[c] - kc[c];
         if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1)
             F(gn_flush)(r.d1, r.p1, C);
     }
@@ -172,10 +174,12 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
         r.d1[g] = sum / L; /* mu of group g (c >= g: not read again) */
     }
     for (int64_t i = 0; i < HW; i++) {
-        const T *xi = x + i * C;
+        const T *restrict xi = x + i * C;
+        P *restrict p2 = r.p2;
+        const P *restrict kc = r.k, *restrict mc = r.m;
         for (int64_t c = 0; c < C; c++) {
-            P v = (xi[c] - r.k[c]) - r.m[c];
-            r.p2[c] += v * v;
+            P v = (xi[c] - kc[c]) - mc[c];
+            p2[c] += v * v;
         }
         if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1)
             F(gn_flush)(r.d2, r.p2, C);
@@ -198,11 +202,13 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
             r.p1[c] = k->bias ? k->bias[c] : (P)0;    /* p1: now the bias */
         }
     }
+    const P *restrict mc = r.m, *restrict lc = r.cl, *restrict ac = r.a, *restrict wc = r.k,
+                      *restrict bc = r.p1;
     for (int64_t i = 0; i < HW; i++) {
-        const T *xi = x + i * C;
+        const T *xi = x + i * C; /* y may be x */
         T *yi = y + i * C;
         for (int64_t c = 0; c < C; c++)
-            yi[c] = (((xi[c] - r.m[c]) - r.cl[c]) * r.a[c]) * r.k[c] + r.p1[c];
+            yi[c] = (((xi[c] - mc[c]) - lc[c]) * ac[c]) * wc[c] + bc[c];
     }
 }
 
@@ -218,10 +224,12 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
         r.p1[c] = r.p2[c] = 0;
     }
     for (int64_t i = 0; i < HW; i++) {
-        const T *xi = x + i * C, *gi = dy + i * C;
+        const T *restrict xi = x + i * C, *restrict gi = dy + i * C;
+        P *restrict p1 = r.p1, *restrict p2 = r.p2;
+        const P *restrict mc = r.m;
         for (int64_t c = 0; c < C; c++) {
-            r.p1[c] += gi[c];
-            r.p2[c] += gi[c] * (xi[c] - r.m[c]);
+            p1[c] += gi[c];
+            p2[c] += gi[c] * (xi[c] - mc[c]);
         }
         if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1) {
             F(gn_flush)(r.d1, r.p1, C);
@@ -249,11 +257,13 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
     if (!k->y)
         return;
     T *dx = k->y + n * HW * C;
+    const P *restrict wc = r.k, *restrict cac = r.p1, *restrict mc = r.m, *restrict cgc = r.cl,
+                      *restrict sc = r.a;
     for (int64_t i = 0; i < HW; i++) {
-        const T *xi = x + i * C, *gi = dy + i * C;
+        const T *xi = x + i * C, *gi = dy + i * C; /* dx may be dy */
         T *di = dx + i * C;
         for (int64_t c = 0; c < C; c++)
-            di[c] = ((gi[c] * r.k[c] - r.p1[c]) - (xi[c] - r.m[c]) * r.cl[c]) * r.a[c];
+            di[c] = ((gi[c] * wc[c] - cac[c]) - (xi[c] - mc[c]) * cgc[c]) * sc[c];
     }
 }
 
