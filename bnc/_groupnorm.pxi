@@ -11,16 +11,15 @@ cdef extern from "bnc/bnc.h" nogil:
     int bnc_groupnorm_fwd_f32(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const float *x, const float *weight, const float *bias, double eps, float *y, float *save_mean, float *save_invstd, int n_threads)
     int bnc_groupnorm_bwd_f32(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const float *dy, const float *x, const float *weight, const float *mean, const float *invstd, float *dx, float *dweight, float *dbias, int n_threads)
     int bnc_groupnorm_fwd_f64(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const double *x, const double *weight, const double *bias, double eps, double *y, double *save_mean, double *save_invstd, int n_threads)
+    int bnc_groupnorm_fwd_f16(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const bnc_f16_t *x, const float *weight, const float *bias, double eps, bnc_f16_t *y, float *save_mean, float *save_invstd, int n_threads)
+    int bnc_groupnorm_bwd_f16(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const bnc_f16_t *dy, const bnc_f16_t *x, const float *weight, const float *mean, const float *invstd, bnc_f16_t *dx, float *dweight, float *dbias, int n_threads)
     int bnc_groupnorm_bwd_f64(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const double *dy, const double *x, const double *weight, const double *mean, const double *invstd, double *dx, double *dweight, double *dbias, int n_threads)
 
 
 cdef tuple _gn_dims(object x, object num_groups, object channel_axis):
-    """(N, C, HW, G, channels_last) for x, validating x's dtype and rank,
-    channel_axis (1 or -1, i.e. first after the batch axis or last) and
-    num_groups (dividing C)."""
-    if x.dtype.itemsize == 2:
-        raise TypeError("group_norm supports float32 and float64 x; float16 is not "
-                        "implemented (convert to float32)")
+    """(N, C, HW, G, channels_last) for x, validating x's rank, channel_axis
+    (1 or -1, i.e. first after the batch axis or last) and num_groups
+    (dividing C)."""
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
     cdef int nd = x.ndim
@@ -76,7 +75,11 @@ def group_norm_forward_raw(x, num_groups, weight, bias, channel_axis, eps, out, 
     cdef int st
     cdef int isz = xdt.itemsize
     with nogil:
-        if isz == 8:
+        if isz == 2:
+            st = bnc_groupnorm_fwd_f16(n, c, hw, g, icl, <bnc_f16_t *>px, <float *>pw,
+                                       <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
+                                       <float *>pi, nt)
+        elif isz == 8:
             st = bnc_groupnorm_fwd_f64(n, c, hw, g, icl, <double *>px, <double *>pw,
                                        <double *>pb, e, <double *>py, <double *>pm,
                                        <double *>pi, nt)
@@ -132,7 +135,11 @@ def group_norm_backward_raw(grad_out, x, num_groups, weight, mean, invstd, chann
     cdef int st
     cdef int isz = xdt.itemsize
     with nogil:
-        if isz == 8:
+        if isz == 2:
+            st = bnc_groupnorm_bwd_f16(n, c, hw, g, icl, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                       <float *>pw, <float *>pm, <float *>pi,
+                                       <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
+        elif isz == 8:
             st = bnc_groupnorm_bwd_f64(n, c, hw, g, icl, <double *>pdy, <double *>px,
                                        <double *>pw, <double *>pm, <double *>pi,
                                        <double *>pdx, <double *>pdw, <double *>pdb, nt)

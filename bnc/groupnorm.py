@@ -8,9 +8,10 @@ mean and biased variance are per (sample, group) over the group's channels and
 all spatial positions; weight and bias are per channel, shape (C,). The
 kernels run in C (csrc/groupnorm.c) through bnc._core.
 
-dtypes: float32 and float64, same dtype out; float16 x raises TypeError (not
-implemented). weight, bias, their gradients and the saved statistics are
-float64 for float64 x, else float32. Sums accumulate in float64. The saved
+dtypes: float16, float32 and float64, same dtype out; float16 computes in
+float32. weight, bias, their gradients and the saved statistics are float64
+for float64 x, else float32 (float16 weight/bias are accepted and converted).
+Sums accumulate in float64. The saved
 statistics have shape (N, num_groups). Non-C-contiguous x or grad_out is
 copied to a C-contiguous array before the kernel runs, and the result is then
 C-contiguous. Results do not depend on the number of threads, bit for bit.
@@ -41,7 +42,7 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, channel_axis=1,
 
     Parameters
     ----------
-    x : array_like, float32/64, shape (N, C, *spatial) or (N, *spatial, C), not empty
+    x : array_like, float16/32/64, shape (N, C, *spatial) or (N, *spatial, C), not empty
     num_groups : int dividing C
     weight, bias : array_like of shape (C,), or None (1 and 0); float64 for
         float64 x, else float32

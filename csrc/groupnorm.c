@@ -12,9 +12,20 @@
 #define T float
 #define P float
 #define SFX f32
+#define STAGED 0
+#define LOAD(v) (v)
 #include "tmpl/groupnorm_body.h"
 
 #define T double
 #define P double
 #define SFX f64
+#define STAGED 0
+#define LOAD(v) (v)
+#include "tmpl/groupnorm_body.h"
+
+#define T bnc_f16_t
+#define P float
+#define SFX f16
+#define STAGED 1 /* converted to float in chunks (NCHW) or rows (NHWC) */
+#define LOAD(v) bnc_half_to_float(v)
 #include "tmpl/groupnorm_body.h"

@@ -2,8 +2,9 @@
  * groupnorm_body.h - group norm kernels, written once per dtype.
  *
  * groupnorm.c includes this file once per dtype after defining T (storage),
- * P (arithmetic, weight/bias/statistics type) and SFX, and undefines them at
- * its end. T is P (float32, float64): no staging.
+ * P (arithmetic, weight/bias/statistics type), SFX, LOAD(v) (a T as P) and
+ * STAGED (1: float16, converted to float in chunks or rows; 0: T is P, read
+ * in place), and undefines them at its end.
  *
  * x is N images of C channels and HW positions, channels first (NCHW: element
  * (n, c, i) at (n * C + c) * HW + i) or channels last (NHWC: at
@@ -20,7 +21,7 @@
  * items, so results do not depend on n_threads. Backward: the per-(n, c) sums
  * of dy and dy * xhat go to an N x C x 2 array of doubles, and dweight/dbias
  * add them over n in order after the parallel region.
- * Scratch: backward 16 * N * C bytes; NHWC also C * (16 + 6 * sizeof(P))
+ * Scratch: backward 16 * N * C bytes; NHWC also C * (16 + 9 * sizeof(P))
  * bytes per thread.
  */
 
@@ -54,6 +55,26 @@ static inline void F(gn_stats)(double mu, double ss, double n, P k, double eps,
     *invstd = 1.0 / sqrt(var + eps);
 }
 
+/* Staging (float16): runs are converted to P in chunks of GN_STAGE elements
+ * (a multiple of BNC_SUB, so the lane sums do not depend on the chunking);
+ * GN_IN gives P values of a run, GN_OUT where to compute a result, GN_PUT
+ * stores it. float32/float64 read and write in place, in one chunk. */
+#if STAGED
+#define GN_STAGE 512
+#define GN_IN(buf, src, n) (bnc_f16_load((buf), (src), (n)), (const P *)(buf))
+#define GN_OUT(buf, dst) (buf)
+#define GN_PUT(dst, buf, n) bnc_f16_store((dst), (buf), (n))
+#else
+#define GN_STAGE 1
+#define GN_IN(buf, src, n) ((void)(buf), (const P *)(src))
+#define GN_OUT(buf, dst) ((void)(buf), (dst))
+#define GN_PUT(dst, buf, n) ((void)0)
+#endif
+/* for (o, c_) over the chunks of a run of n elements */
+#define GN_CHUNKS(n)                                                            \
+    for (int64_t o = 0, c_; c_ = !STAGED || (n) - o < GN_STAGE ? (n) - o : GN_STAGE, o < (n); \
+         o += c_)
+
 /* ---- NCHW ---- */
 
 BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
@@ -61,12 +82,13 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
     const int64_t HW = k->HW, L = k->Cg * HW, c0 = (j % k->G) * k->Cg;
     const T *x = k->x + j * L;
     T *y = k->y + j * L;
+    P bx[GN_STAGE], by[GN_STAGE];
     double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
     double mean, invstd;
-    const P kx = x[0];
-    F(ln_sum)(x, L, kx, a1);
+    const P kx = LOAD(x[0]);
+    GN_CHUNKS(L) F(ln_sum)(GN_IN(bx, x + o, c_), c_, kx, a1);
     double mu = bnc_lanes_sum(a1) / (double)L;
-    F(ln_sqdev)(x, L, kx, (P)mu, a2);
+    GN_CHUNKS(L) F(ln_sqdev)(GN_IN(bx, x + o, c_), c_, kx, (P)mu, a2);
     F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &invstd);
     const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
     if (k->save_mean)
@@ -75,10 +97,13 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
         k->save_invstd[j] = a;
     for (int64_t c = 0; c < k->Cg; c++) {
         const P w = k->weight ? k->weight[c0 + c] : (P)1, b = k->bias ? k->bias[c0 + c] : (P)0;
-        const T *xc = x + c * HW;
-        T *yc = y + c * HW;
-        for (int64_t i = 0; i < HW; i++)
-            yc[i] = (((xc[i] - cm) - cl) * a) * w + b;
+        GN_CHUNKS(HW) {
+            const P *xc = GN_IN(bx, x + c * HW + o, c_);
+            P *yc = GN_OUT(by, y + c * HW + o);
+            for (int64_t i = 0; i < c_; i++)
+                yc[i] = (((xc[i] - cm) - cl) * a) * w + b;
+            GN_PUT(y + c * HW + o, by, c_);
+        }
     }
 }
 
@@ -88,10 +113,13 @@ BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
     const T *x = k->x + j * L, *dy = k->dy + j * L;
     const P m = k->mean[j], s = k->invstd[j];
     double *pc = k->parts + (n * k->C + c0) * 2;
+    P bx[GN_STAGE], bg[GN_STAGE], bd[GN_STAGE];
     double A = 0, B = 0;
     for (int64_t c = 0; c < k->Cg; c++) {
         double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
-        F(ln_dots)(dy + c * HW, x + c * HW, NULL, HW, m, a1, a2);
+        GN_CHUNKS(HW)
+        F(ln_dots)(GN_IN(bg, dy + c * HW + o, c_), GN_IN(bx, x + c * HW + o, c_), NULL, c_, m,
+                   a1, a2);
         const double sdy = bnc_lanes_sum(a1), sdx = bnc_lanes_sum(a2);
         const double w = k->weight ? (double)k->weight[c0 + c] : 1.0;
         pc[2 * c] = sdy;
@@ -104,10 +132,14 @@ BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
     const P ca = (P)(A / (double)L), cg = (P)((double)s * (double)s * B / (double)L);
     for (int64_t c = 0; c < k->Cg; c++) {
         const P w = k->weight ? k->weight[c0 + c] : (P)1;
-        const T *xc = x + c * HW, *gc = dy + c * HW;
         T *dx = k->y + j * L + c * HW;
-        for (int64_t i = 0; i < HW; i++)
-            dx[i] = ((gc[i] * w - ca) - (xc[i] - m) * cg) * s;
+        GN_CHUNKS(HW) {
+            const P *xc = GN_IN(bx, x + c * HW + o, c_), *gc = GN_IN(bg, dy + c * HW + o, c_);
+            P *dc = GN_OUT(bd, dx + o);
+            for (int64_t i = 0; i < c_; i++)
+                dc[i] = ((gc[i] * w - ca) - (xc[i] - m) * cg) * s;
+            GN_PUT(dx + o, bd, c_);
+        }
     }
 }
 
@@ -117,6 +149,7 @@ BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
 typedef struct {
     double *d1, *d2;
     P *p1, *p2, *k, *m, *cl, *a;
+    P *bx, *bg, *bo; /* float16: a row of x, dy, the output in P */
 } F(gscr_t);
 
 static F(gscr_t) F(gn_scratch)(const F(gctx_t) *k, int64_t t)
@@ -132,6 +165,9 @@ static F(gscr_t) F(gn_scratch)(const F(gctx_t) *k, int64_t t)
     r.m = r.k + C;
     r.cl = r.m + C;
     r.a = r.cl + C;
+    r.bx = r.a + C;
+    r.bg = r.bx + C;
+    r.bo = r.bg + C;
     return r;
 }
 
@@ -151,12 +187,12 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
     T *y = k->y + n * HW * C;
     /* shift: each group's first value */
     for (int64_t c = 0; c < C; c++) {
-        r.k[c] = x[c - c % Cg];
+        r.k[c] = LOAD(x[c - c % Cg]);
         r.d1[c] = r.d2[c] = 0;
         r.p1[c] = r.p2[c] = 0;
     }
     for (int64_t i = 0; i < HW; i++) {
-        const T *restrict xi = x + i * C;
+        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
         P *restrict p1 = r.p1;
         const P *restrict kc = r.k;
         for (int64_t c = 0; c < C; c++)
@@ -174,7 +210,7 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
         r.d1[g] = sum / L; /* mu of group g (c >= g: not read again) */
     }
     for (int64_t i = 0; i < HW; i++) {
-        const T *restrict xi = x + i * C;
+        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
         P *restrict p2 = r.p2;
         const P *restrict kc = r.k, *restrict mc = r.m;
         for (int64_t c = 0; c < C; c++) {
@@ -205,10 +241,11 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
     const P *restrict mc = r.m, *restrict lc = r.cl, *restrict ac = r.a, *restrict wc = r.k,
                       *restrict bc = r.p1;
     for (int64_t i = 0; i < HW; i++) {
-        const T *xi = x + i * C; /* y may be x */
-        T *yi = y + i * C;
+        const P *xi = GN_IN(r.bx, x + i * C, C); /* y may be x */
+        P *yi = GN_OUT(r.bo, y + i * C);
         for (int64_t c = 0; c < C; c++)
             yi[c] = (((xi[c] - mc[c]) - lc[c]) * ac[c]) * wc[c] + bc[c];
+        GN_PUT(y + i * C, r.bo, C);
     }
 }
 
@@ -224,7 +261,8 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
         r.p1[c] = r.p2[c] = 0;
     }
     for (int64_t i = 0; i < HW; i++) {
-        const T *restrict xi = x + i * C, *restrict gi = dy + i * C;
+        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
+        const P *restrict gi = GN_IN(r.bg, dy + i * C, C);
         P *restrict p1 = r.p1, *restrict p2 = r.p2;
         const P *restrict mc = r.m;
         for (int64_t c = 0; c < C; c++) {
@@ -260,10 +298,11 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
     const P *restrict wc = r.k, *restrict cac = r.p1, *restrict mc = r.m, *restrict cgc = r.cl,
                       *restrict sc = r.a;
     for (int64_t i = 0; i < HW; i++) {
-        const T *xi = x + i * C, *gi = dy + i * C; /* dx may be dy */
-        T *di = dx + i * C;
+        const P *xi = GN_IN(r.bx, x + i * C, C), *gi = GN_IN(r.bg, dy + i * C, C);
+        P *di = GN_OUT(r.bo, dx + i * C); /* dx may be dy */
         for (int64_t c = 0; c < C; c++)
             di[c] = ((gi[c] * wc[c] - cac[c]) - (xi[c] - mc[c]) * cgc[c]) * sc[c];
+        GN_PUT(dx + i * C, r.bo, C);
     }
 }
 
@@ -294,7 +333,7 @@ static int F(gn_run)(F(gctx_t) *k, int bwd, int n_threads)
     if (nt < 1)
         nt = 1;
     if (k->cl) {
-        k->scratch_bytes = (size_t)k->C * (2 * sizeof(double) + 6 * sizeof(P));
+        k->scratch_bytes = (size_t)k->C * (2 * sizeof(double) + 9 * sizeof(P));
         k->scratch_bytes = (k->scratch_bytes + 63) / 64 * 64;
         k->scratch = malloc(k->scratch_bytes * (size_t)nt);
         if (!k->scratch)
@@ -395,6 +434,11 @@ int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
     return st;
 }
 
+#undef GN_STAGE
+#undef GN_IN
+#undef GN_OUT
+#undef GN_PUT
+#undef GN_CHUNKS
 #undef BNC_VLOAD
 #undef BNC_FLUSH1
 #undef BNC_FLUSH4
@@ -402,3 +446,5 @@ int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
 #undef T
 #undef P
 #undef SFX
+#undef LOAD
+#undef STAGED

@@ -252,7 +252,7 @@ BNC_DECLARE_LAYERNORM(bnc_f16_t, float, f16)
  *     dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) over each group,
  *     dweight[c] = sum over n, i of dy * xhat, dbias[c] = sum of dy.
  * Work is split by (n, g) (NCHW) or n (NHWC); results do not depend on
- * n_threads. Scratch: backward 16 * N * C bytes; NHWC C * (16 + 6 *
+ * n_threads. Scratch: backward 16 * N * C bytes; NHWC C * (16 + 9 *
  * sizeof(P)) bytes per thread.
  */
 #define BNC_DECLARE_GROUPNORM(T, P, SFX)                                      \
@@ -269,6 +269,7 @@ BNC_DECLARE_LAYERNORM(bnc_f16_t, float, f16)
 
 BNC_DECLARE_GROUPNORM(float, float, f32)
 BNC_DECLARE_GROUPNORM(double, double, f64)
+BNC_DECLARE_GROUPNORM(bnc_f16_t, float, f16)
 
 #ifdef __cplusplus
 }
