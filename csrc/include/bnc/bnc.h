@@ -243,8 +243,8 @@ BNC_DECLARE_LAYERNORM(bnc_f16_t, float, f16)
  * (n * HW + i) * C + c). The channels form G groups of C / G consecutive
  * channels (C % G == 0, else BNC_ERR_SHAPE); mean and biased variance are per
  * (n, g) over C / G * HW elements. For (T, P, SFX) in (float, float, f32),
- * (double, double, f64): weight, bias, dweight, dbias are P[C] (weight, bias
- * may be NULL: 1 and 0); save_mean, save_invstd, mean, invstd are P[N * G]
+ * (double, double, f64), (bnc_f16_t, float, f16; computed in float): weight,
+ * bias, dweight, dbias are P[C] (weight, bias may be NULL: 1 and 0); save_mean, save_invstd, mean, invstd are P[N * G]
  * (saves may be NULL); dx, dweight, dbias may be NULL (skipped).
  *
  * bnc_groupnorm_fwd_SFX: y = (x - mean) * invstd * weight[c] + bias[c].
