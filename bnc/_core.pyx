@@ -1591,3 +1591,4 @@ cdef tuple _stats_fast(_Fast *k, object x):
     return m32, v32, count
 
 include "_layernorm.pxi"
+include "_groupnorm.pxi"

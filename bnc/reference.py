@@ -764,3 +764,80 @@ def rms_norm_backward(grad_out, x, weight, saved, *, axis: int = -1):
     g = dy * _row_affine(weight, norm, 1.0)
     dx = invrms * (g - xhat * (g * xhat).mean(axis=axes, keepdims=True))
     return Grads(dx, (dy * xhat).sum(axis=tuple(range(axes[0]))), None)
+
+
+# ============================================================================
+# Group norm (float64 twin of bnc.groupnorm)
+# ============================================================================
+#
+# x is (N, C, *spatial) (channel_axis=1) or (N, *spatial, C) (channel_axis=-1);
+# groups are num_groups blocks of C / num_groups consecutive channels;
+# statistics per (n, group), shape (N, num_groups); weight/bias per channel.
+
+__all__ += ["GroupNormSaved", "group_norm", "group_norm_forward", "group_norm_backward"]
+
+
+class GroupNormSaved(NamedTuple):
+    """mean and invstd = 1/sqrt(var + eps) per (n, group), shape (N, G), float64."""
+
+    mean: np.ndarray
+    invstd: np.ndarray
+
+
+def _gn_grouped(x, num_groups: int, channel_axis: int):
+    """x as (N, G, C/G, HW) channels first, and the channels-first shape."""
+    ax = channel_axis % x.ndim
+    xf = np.moveaxis(x, ax, 1)
+    N, C = xf.shape[:2]
+    if C % num_groups:
+        raise ValueError(f"num_groups ({num_groups}) must divide the number of channels ({C})")
+    return xf.reshape(N, num_groups, C // num_groups, -1), xf.shape, ax
+
+
+def _gn_back(v, shape, ax):
+    return np.moveaxis(v.reshape(shape), 1, ax)
+
+
+def group_norm_forward(x, num_groups: int, weight=None, bias=None, *, channel_axis: int = 1,
+                       eps: float = 1e-5):
+    """y = (x - mean) * invstd * weight[c] + bias[c], mean and biased variance
+    per (n, group); returns (y, GroupNormSaved(mean, invstd))."""
+    x = _as_f64(x)
+    xg, shape, ax = _gn_grouped(x, num_groups, channel_axis)
+    N, G, Cg, _ = xg.shape
+    mean = xg.mean(axis=(2, 3), keepdims=True)
+    var = ((xg - mean) ** 2).mean(axis=(2, 3), keepdims=True)
+    invstd = 1.0 / np.sqrt(var + eps)
+    w = _row_affine(weight, (G, Cg, 1), 1.0)
+    b = _row_affine(bias, (G, Cg, 1), 0.0)
+    y = (xg - mean) * invstd * w + b
+    return _gn_back(y, shape, ax), GroupNormSaved(mean.reshape(N, G), invstd.reshape(N, G))
+
+
+def group_norm(x, num_groups: int, weight=None, bias=None, *, channel_axis: int = 1,
+               eps: float = 1e-5):
+    """Group norm; see group_norm_forward."""
+    return group_norm_forward(x, num_groups, weight, bias, channel_axis=channel_axis,
+                              eps=eps)[0]
+
+
+def group_norm_backward(grad_out, x, num_groups: int, weight, saved, *,
+                        channel_axis: int = 1):
+    """(grad_input, grad_weight, grad_bias) of group norm, as Grads.
+
+    g = dy * weight[c], xhat = (x - mean) * invstd:
+    dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) over each (n, group);
+    grad_weight[c] = sum over n and positions of dy * xhat, grad_bias[c] = sum of dy.
+    """
+    x, dy = _as_f64(x), _as_f64(grad_out)
+    xg, shape, ax = _gn_grouped(x, num_groups, channel_axis)
+    dyg = _gn_grouped(dy, num_groups, channel_axis)[0]
+    N, G, Cg, _ = xg.shape
+    mean = _as_f64(saved[0]).reshape(N, G, 1, 1)
+    invstd = _as_f64(saved[1]).reshape(N, G, 1, 1)
+    xhat = (xg - mean) * invstd
+    g = dyg * _row_affine(weight, (G, Cg, 1), 1.0)
+    dx = invstd * (g - g.mean(axis=(2, 3), keepdims=True)
+                   - xhat * (g * xhat).mean(axis=(2, 3), keepdims=True))
+    return Grads(_gn_back(dx, shape, ax), (dyg * xhat).sum(axis=(0, 3)).reshape(-1),
+                 dyg.sum(axis=(0, 3)).reshape(-1))

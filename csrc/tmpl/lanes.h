@@ -1,7 +1,8 @@
 /*
  * lanes.h - the vector lanes of the reductions, for one dtype.
  *
- * Included by each kernel body (batchnorm_body.h, layernorm_body.h) after it
+ * Included by each kernel body (batchnorm_body.h; layernorm_body.h and
+ * groupnorm_body.h through rowsums.h) after it
  * defines F() and P;
  * the body undefines BNC_VLOAD, BNC_FLUSH1 and BNC_FLUSH4 at its end.
  *

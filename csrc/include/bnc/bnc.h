@@ -236,6 +236,41 @@ BNC_DECLARE_LAYERNORM(float, float, f32)
 BNC_DECLARE_LAYERNORM(double, double, f64)
 BNC_DECLARE_LAYERNORM(bnc_f16_t, float, f16)
 
+/*
+ * Group norm (PyTorch's group_norm): N images of C channels and HW positions,
+ * channels first (channels_last = 0, NCHW: element (n, c, i) at
+ * (n * C + c) * HW + i) or channels last (channels_last = 1, NHWC: at
+ * (n * HW + i) * C + c). The channels form G groups of C / G consecutive
+ * channels (C % G == 0, else BNC_ERR_SHAPE); mean and biased variance are per
+ * (n, g) over C / G * HW elements. For (T, P, SFX) in (float, float, f32),
+ * (double, double, f64), (bnc_f16_t, float, f16; computed in float): weight,
+ * bias, dweight, dbias are P[C] (weight, bias may be NULL: 1 and 0); save_mean, save_invstd, mean, invstd are P[N * G]
+ * (saves may be NULL); dx, dweight, dbias may be NULL (skipped).
+ *
+ * bnc_groupnorm_fwd_SFX: y = (x - mean) * invstd * weight[c] + bias[c].
+ * bnc_groupnorm_bwd_SFX: with g = dy * weight[c], xhat = (x - mean) * invstd,
+ *     dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) over each group,
+ *     dweight[c] = sum over n, i of dy * xhat, dbias[c] = sum of dy.
+ * Work is split by (n, g) (NCHW) or n (NHWC); results do not depend on
+ * n_threads. Scratch: backward 16 * N * C bytes; NHWC C * (16 + 9 *
+ * sizeof(P)) bytes per thread.
+ */
+#define BNC_DECLARE_GROUPNORM(T, P, SFX)                                      \
+    int bnc_groupnorm_fwd_##SFX(int64_t N, int64_t C, int64_t HW, int64_t G,   \
+                                int channels_last, const T *x,                 \
+                                const P *weight, const P *bias, double eps,    \
+                                T *y, P *save_mean, P *save_invstd,            \
+                                int n_threads);                                \
+    int bnc_groupnorm_bwd_##SFX(int64_t N, int64_t C, int64_t HW, int64_t G,   \
+                                int channels_last, const T *dy, const T *x,    \
+                                const P *weight, const P *mean,                \
+                                const P *invstd, T *dx, P *dweight, P *dbias,  \
+                                int n_threads);
+
+BNC_DECLARE_GROUPNORM(float, float, f32)
+BNC_DECLARE_GROUPNORM(double, double, f64)
+BNC_DECLARE_GROUPNORM(bnc_f16_t, float, f16)
+
 #ifdef __cplusplus
 }
 #endif

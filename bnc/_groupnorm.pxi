@@ -1,0 +1,154 @@
+# _groupnorm.pxi - group norm bindings, included at the end of _core.pyx after
+# _layernorm.pxi (it uses that file's _ln_param / _ln_out and _core's
+# validation helpers and thread resolution).
+#
+# The C kernels take x C-contiguous as (N, C, HW) (channel_axis=1) or
+# (N, HW, C) (channel_axis=-1): channels-last data is used as it is, never
+# transposed. Non-C-contiguous x (or grad_out) is copied to a C-contiguous
+# array first; an `out=` that is not C-contiguous receives a copy.
+
+cdef extern from "bnc/bnc.h" nogil:
+    int bnc_groupnorm_fwd_f32(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const float *x, const float *weight, const float *bias, double eps, float *y, float *save_mean, float *save_invstd, int n_threads)
+    int bnc_groupnorm_bwd_f32(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const float *dy, const float *x, const float *weight, const float *mean, const float *invstd, float *dx, float *dweight, float *dbias, int n_threads)
+    int bnc_groupnorm_fwd_f64(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const double *x, const double *weight, const double *bias, double eps, double *y, double *save_mean, double *save_invstd, int n_threads)
+    int bnc_groupnorm_fwd_f16(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const bnc_f16_t *x, const float *weight, const float *bias, double eps, bnc_f16_t *y, float *save_mean, float *save_invstd, int n_threads)
+    int bnc_groupnorm_bwd_f16(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const bnc_f16_t *dy, const bnc_f16_t *x, const float *weight, const float *mean, const float *invstd, bnc_f16_t *dx, float *dweight, float *dbias, int n_threads)
+    int bnc_groupnorm_bwd_f64(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const double *dy, const double *x, const double *weight, const double *mean, const double *invstd, double *dx, double *dweight, double *dbias, int n_threads)
+
+
+cdef tuple _gn_dims(object x, object num_groups, object channel_axis):
+    """(N, C, HW, G, channels_last) for x, validating x's rank, channel_axis
+    (1 or -1, i.e. first after the batch axis or last) and num_groups
+    (dividing C)."""
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    cdef int nd = x.ndim
+    cdef int ax = normalize_axis_index(_as_int(channel_axis, "channel_axis"), nd,
+                                       "channel_axis")
+    if ax != 1 and ax != nd - 1:
+        raise ValueError(f"channel_axis must be 1 (channels first) or -1 (channels last), "
+                         f"got {channel_axis} for a {nd}-d x")
+    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(num_groups, (int, np.integer)):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    G = int(num_groups)
+    C = x.shape[ax]
+    if G < 1:
+        raise ValueError(f"num_groups must be >= 1, got {G}")
+    if C % G:
+        raise ValueError(f"num_groups ({G}) must divide the number of channels ({C})")
+    HW = 1
+    for i, s in enumerate(x.shape):
+        if i != 0 and i != ax:
+            HW *= s
+    return x.shape[0], C, HW, G, (ax == nd - 1 and nd > 2)
+
+
+def group_norm_forward_raw(x, num_groups, weight, bias, channel_axis, eps, out, n_threads):
+    """Kernel behind bnc.group_norm_forward: returns (y, mean, invstd), the
+    statistics of shape (N, num_groups). Everything is validated before
+    anything is written."""
+    x = _ln_input(x, "x")
+    N, C, HW, G, cl = _gn_dims(x, num_groups, channel_axis)
+    xdt = x.dtype
+    cdef double e = check_eps(eps)
+    weight = _ln_param(weight, "weight", (C,), xdt)
+    bias = _ln_param(bias, "bias", (C,), xdt)
+    cdef int nt = _threads(n_threads)
+    out = _ln_out(out, x, [(x, "x"), (weight, "weight"), (bias, "bias")])
+    xc = np.ascontiguousarray(x)
+    if out is not None and out.flags.c_contiguous and (out is x or not
+                                                        np.may_share_memory(out, xc)):
+        y = out
+    else:
+        y = np.empty(x.shape, xdt)
+    sdt = stat_dtype(xdt)
+    mean = np.empty((N, G), sdt)
+    invstd = np.empty((N, G), sdt)
+    cdef int64_t n = N, c = C, hw = HW, g = G
+    cdef int icl = cl
+    cdef void *px = _ptr(xc)
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pb = _ptr_or_null(bias)
+    cdef void *py = _ptr(y)
+    cdef void *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd)
+    cdef int st
+    cdef int isz = xdt.itemsize
+    with nogil:
+        if isz == 2:
+            st = bnc_groupnorm_fwd_f16(n, c, hw, g, icl, <bnc_f16_t *>px, <float *>pw,
+                                       <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
+                                       <float *>pi, nt)
+        elif isz == 8:
+            st = bnc_groupnorm_fwd_f64(n, c, hw, g, icl, <double *>px, <double *>pw,
+                                       <double *>pb, e, <double *>py, <double *>pm,
+                                       <double *>pi, nt)
+        else:
+            st = bnc_groupnorm_fwd_f32(n, c, hw, g, icl, <float *>px, <float *>pw,
+                                       <float *>pb, e, <float *>py, <float *>pm,
+                                       <float *>pi, nt)
+    _check(st)
+    if out is not None and y is not out:
+        np.copyto(out, y)
+        y = out
+    return y, mean, invstd
+
+
+def group_norm_backward_raw(grad_out, x, num_groups, weight, mean, invstd, channel_axis,
+                            out, n_threads):
+    """Kernel behind bnc.group_norm_backward: returns (dx, dweight, dbias);
+    dweight and dbias (shape (C,)) are always computed."""
+    x = _ln_input(x, "x")
+    dy = _ln_input(grad_out, "grad_out")
+    xdt = x.dtype
+    if dy.dtype != xdt:
+        raise TypeError(f"grad_out must have the dtype of x ({xdt}), got {dy.dtype}")
+    if dy.shape != x.shape:
+        raise ValueError(f"grad_out must have the shape of x {x.shape}, got {dy.shape}")
+    N, C, HW, G, cl = _gn_dims(x, num_groups, channel_axis)
+    weight = _ln_param(weight, "weight", (C,), xdt)
+    mean = _ln_param(mean, "saved.mean", (N, G), xdt)
+    invstd = _ln_param(invstd, "saved.invstd", (N, G), xdt)
+    if mean is None or invstd is None:
+        raise ValueError("saved must hold the forward's mean and invstd arrays")
+    cdef int nt = _threads(n_threads)
+    if out is not None:
+        _check_out(out, x, "out")
+        _refuse_overlap(out, "out", [(x, "x"), (dy, "grad_out"), (weight, "weight"),
+                                     (mean, "saved.mean"), (invstd, "saved.invstd")], None)
+    xc = np.ascontiguousarray(x)
+    dyc = np.ascontiguousarray(dy)
+    dx = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, xdt)
+    sdt = stat_dtype(xdt)
+    dweight = np.empty((C,), sdt)
+    dbias = np.empty((C,), sdt)
+    cdef int64_t n = N, c = C, hw = HW, g = G
+    cdef int icl = cl
+    cdef void *px = _ptr(xc)
+    cdef void *pdy = _ptr(dyc)
+    cdef void *pw = _ptr_or_null(weight)
+    cdef void *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd)
+    cdef void *pdx = _ptr(dx)
+    cdef void *pdw = _ptr(dweight)
+    cdef void *pdb = _ptr(dbias)
+    cdef int st
+    cdef int isz = xdt.itemsize
+    with nogil:
+        if isz == 2:
+            st = bnc_groupnorm_bwd_f16(n, c, hw, g, icl, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                       <float *>pw, <float *>pm, <float *>pi,
+                                       <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
+        elif isz == 8:
+            st = bnc_groupnorm_bwd_f64(n, c, hw, g, icl, <double *>pdy, <double *>px,
+                                       <double *>pw, <double *>pm, <double *>pi,
+                                       <double *>pdx, <double *>pdw, <double *>pdb, nt)
+        else:
+            st = bnc_groupnorm_bwd_f32(n, c, hw, g, icl, <float *>pdy, <float *>px,
+                                       <float *>pw, <float *>pm, <float *>pi,
+                                       <float *>pdx, <float *>pdw, <float *>pdb, nt)
+    _check(st)
+    if out is not None and dx is not out:
+        np.copyto(out, dx)
+        dx = out
+    return dx, dweight, dbias

@@ -1,0 +1,450 @@
+/*
+ * groupnorm_body.h - group norm kernels, written once per dtype.
+ *
+ * groupnorm.c includes this file once per dtype after defining T (storage),
+ * P (arithmetic, weight/bias/statistics type), SFX, LOAD(v) (a T as P) and
+ * STAGED (1: float16, converted to float in chunks or rows; 0: T is P, read
+ * in place), and undefines them at its end.
+ *
+ * x is N images of C channels and HW positions, channels first (NCHW: element
+ * (n, c, i) at (n * C + c) * HW + i) or channels last (NHWC: at
+ * (n * HW + i) * C + c). The C channels form G groups of Cg = C / G
+ * contiguous channels; statistics are per (n, g) over Cg * HW elements.
+ *
+ * NCHW: each (n, g) is one contiguous run of Cg * HW elements, summed with the
+ * layer norm lane reductions (rowsums.h), then read again for the squared
+ * deviations and the output while in cache. Work items are the N * G runs.
+ * NHWC: work items are the N images; each is HW rows of C contiguous channels,
+ * summed per channel in P for at most BNC_SUB rows, then into per-channel
+ * doubles, and the Cg channel sums of a group added in channel order.
+ * Items are split statically over threads and nothing is shared between
+ * items, so results do not depend on n_threads. Backward: the per-(n, c) sums
+ * of dy and dy * xhat go to an N x C x 2 array of doubles, and dweight/dbias
+ * add them over n in order after the parallel region.
+ * Scratch: backward 16 * N * C bytes; NHWC also C * (16 + 9 * sizeof(P))
+ * bytes per thread.
+ */
+
+#define F(name) BNC_CAT(name, BNC_CAT(_, SFX))
+
+#include "rowsums.h"
+
+typedef struct {
+    int64_t N, C, HW, G, Cg;
+    int cl;
+    const T *x, *dy;
+    const P *weight, *bias, *mean, *invstd;
+    double eps;
+    T *y; /* the output, or dx in the backward */
+    P *save_mean, *save_invstd;
+    double *parts;  /* backward: N x C x 2 (sum dy, sum dy * xhat) */
+    char *scratch;  /* NHWC: per-thread C-length arrays */
+    size_t scratch_bytes;
+} F(gctx_t);
+
+/* Statistics of one group from its sums: mu = mean of (x - k), ss = sum of
+ * squared deviations about (P)mu; returns (mean, invstd) as layer norm does. */
+static inline void F(gn_stats)(double mu, double ss, double n, P k, double eps,
+                               double *mean, double *invstd)
+{
+    double d = mu - (double)(P)mu;
+    double var = ss / n - d * d;
+    if (var < 0)
+        var = 0;
+    *mean = (double)k + mu;
+    *invstd = 1.0 / sqrt(var + eps);
+}
+
+/* Staging (float16): runs are converted to P in chunks of GN_STAGE elements
+ * (a multiple of BNC_SUB, so the lane sums do not depend on the chunking);
+ * GN_IN gives P values of a run, GN_OUT where to compute a result, GN_PUT
+ * stores it. float32/float64 read and write in place, in one chunk. */
+#if STAGED
+#define GN_STAGE 512
+#define GN_IN(buf, src, n) (bnc_f16_load((buf), (src), (n)), (const P *)(buf))
+#define GN_OUT(buf, dst) (buf)
+#define GN_PUT(dst, buf, n) bnc_f16_store((dst), (buf), (n))
+#else
+#define GN_STAGE 1
+#define GN_IN(buf, src, n) ((void)(buf), (const P *)(src))
+#define GN_OUT(buf, dst) ((void)(buf), (dst))
+#define GN_PUT(dst, buf, n) ((void)0)
+#endif
+/* for (o, c_) over the chunks of a run of n elements */
+#define GN_CHUNKS(n)                                                            \
+    for (int64_t o = 0, c_; c_ = !STAGED || (n) - o < GN_STAGE ? (n) - o : GN_STAGE, o < (n); \
+         o += c_)
+
+/* ---- NCHW ---- */
+
+BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
+{
+    const int64_t HW = k->HW, L = k->Cg * HW, c0 = (j % k->G) * k->Cg;
+    const T *x = k->x + j * L;
+    T *y = k->y + j * L;
+    P bx[GN_STAGE], by[GN_STAGE];
+    double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
+    double mean, invstd;
+    const P kx = LOAD(x[0]);
+    GN_CHUNKS(L) F(ln_sum)(GN_IN(bx, x + o, c_), c_, kx, a1);
+    double mu = bnc_lanes_sum(a1) / (double)L;
+    GN_CHUNKS(L) F(ln_sqdev)(GN_IN(bx, x + o, c_), c_, kx, (P)mu, a2);
+    F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &invstd);
+    const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
+    if (k->save_mean)
+        k->save_mean[j] = cm;
+    if (k->save_invstd)
+        k->save_invstd[j] = a;
+    for (int64_t c = 0; c < k->Cg; c++) {
+        const P w = k->weight ? k->weight[c0 + c] : (P)1, b = k->bias ? k->bias[c0 + c] : (P)0;
+        GN_CHUNKS(HW) {
+            const P *xc = GN_IN(bx, x + c * HW + o, c_);
+            P *yc = GN_OUT(by, y + c * HW + o);
+            for (int64_t i = 0; i < c_; i++)
+                yc[i] = (((xc[i] - cm) - cl) * a) * w + b;
+            GN_PUT(y + c * HW + o, by, c_);
+        }
+    }
+}
+
+BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
+{
+    const int64_t HW = k->HW, L = k->Cg * HW, n = j / k->G, c0 = (j % k->G) * k->Cg;
+    const T *x = k->x + j * L, *dy = k->dy + j * L;
+    const P m = k->mean[j], s = k->invstd[j];
+    double *pc = k->parts + (n * k->C + c0) * 2;
+    P bx[GN_STAGE], bg[GN_STAGE], bd[GN_STAGE];
+    double A = 0, B = 0;
+    for (int64_t c = 0; c < k->Cg; c++) {
+        double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
+        GN_CHUNKS(HW)
+        F(ln_dots)(GN_IN(bg, dy + c * HW + o, c_), GN_IN(bx, x + c * HW + o, c_), NULL, c_, m,
+                   a1, a2);
+        const double sdy = bnc_lanes_sum(a1), sdx = bnc_lanes_sum(a2);
+        const double w = k->weight ? (double)k->weight[c0 + c] : 1.0;
+        pc[2 * c] = sdy;
+        pc[2 * c + 1] = sdx * (double)s;
+        A += w * sdy;
+        B += w * sdx;
+    }
+    if (!k->y)
+        return;
+    const P ca = (P)(A / (double)L), cg = (P)((double)s * (double)s * B / (double)L);
+    for (int64_t c = 0; c < k->Cg; c++) {
+        const P w = k->weight ? k->weight[c0 + c] : (P)1;
+        T *dx = k->y + j * L + c * HW;
+        GN_CHUNKS(HW) {
+            const P *xc = GN_IN(bx, x + c * HW + o, c_), *gc = GN_IN(bg, dy + c * HW + o, c_);
+            P *dc = GN_OUT(bd, dx + o);
+            for (int64_t i = 0; i < c_; i++)
+                dc[i] = ((gc[i] * w - ca) - (xc[i] - m) * cg) * s;
+            GN_PUT(dx + o, bd, c_);
+        }
+    }
+}
+
+/* ---- NHWC ---- */
+
+/* Per-thread arrays of C elements. */
+typedef struct {
+    double *d1, *d2;
+    P *p1, *p2, *k, *m, *cl, *a;
+    P *bx, *bg, *bo; /* float16: a row of x, dy, the output in P */
+} F(gscr_t);
+
+static F(gscr_t) F(gn_scratch)(const F(gctx_t) *k, int64_t t)
+{
+    const int64_t C = k->C;
+    F(gscr_t) r;
+    char *base = k->scratch + (size_t)t * k->scratch_bytes;
+    r.d1 = (double *)base;
+    r.d2 = r.d1 + C;
+    r.p1 = (P *)(r.d2 + C);
+    r.p2 = r.p1 + C;
+    r.k = r.p2 + C;
+    r.m = r.k + C;
+    r.cl = r.m + C;
+    r.a = r.cl + C;
+    r.bx = r.a + C;
+    r.bg = r.bx + C;
+    r.bo = r.bg + C;
+    return r;
+}
+
+static inline void F(gn_flush)(double *restrict d, P *restrict p, int64_t n)
+{
+    for (int64_t c = 0; c < n; c++) {
+        d[c] += (double)p[c];
+        p[c] = 0;
+    }
+}
+
+BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
+{
+    const int64_t C = k->C, HW = k->HW, G = k->G, Cg = k->Cg;
+    const double L = (double)(Cg * HW);
+    const T *x = k->x + n * HW * C;
+    T *y = k->y + n * HW * C;
+    /* shift: each group's first value */
+    for (int64_t c = 0; c < C; c++) {
+        r.k[c] = LOAD(x[c - c % Cg]);
+        r.d1[c] = r.d2[c] = 0;
+        r.p1[c] = r.p2[c] = 0;
+    }
+    for (int64_t i = 0; i < HW; i++) {
+        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
+        P *restrict p1 = r.p1;
+        const P *restrict kc = r.k;
+        for (int64_t c = 0; c < C; c++)
+            p1[c] += xi[c] - kc[c];
+        if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1)
+            F(gn_flush)(r.d1, r.p1, C);
+    }
+    for (int64_t g = 0; g < G; g++) {
+        double sum = 0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
+            sum += r.d1[c];
+        const P mp = (P)(sum / L);
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
+            r.m[c] = mp;
+        r.d1[g] = sum / L; /* mu of group g (c >= g: not read again) */
+    }
+    for (int64_t i = 0; i < HW; i++) {
+        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
+        P *restrict p2 = r.p2;
+        const P *restrict kc = r.k, *restrict mc = r.m;
+        for (int64_t c = 0; c < C; c++) {
+            P v = (xi[c] - kc[c]) - mc[c];
+            p2[c] += v * v;
+        }
+        if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1)
+            F(gn_flush)(r.d2, r.p2, C);
+    }
+    for (int64_t g = 0; g < G; g++) {
+        double ss = 0, mean, invstd;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
+            ss += r.d2[c];
+        F(gn_stats)(r.d1[g], ss, L, r.k[g * Cg], k->eps, &mean, &invstd);
+        const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
+        if (k->save_mean)
+            k->save_mean[n * G + g] = cm;
+        if (k->save_invstd)
+            k->save_invstd[n * G + g] = a;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+            r.m[c] = cm;
+            r.cl[c] = cl;
+            r.a[c] = a;
+            r.k[c] = k->weight ? k->weight[c] : (P)1; /* k: now the weight */
+            r.p1[c] = k->bias ? k->bias[c] : (P)0;    /* p1: now the bias */
+        }
+    }
+    const P *restrict mc = r.m, *restrict lc = r.cl, *restrict ac = r.a, *restrict wc = r.k,
+                      *restrict bc = r.p1;
+    for (int64_t i = 0; i < HW; i++) {
+        const P *xi = GN_IN(r.bx, x + i * C, C); /* y may be x */
+        P *yi = GN_OUT(r.bo, y + i * C);
+        for (int64_t c = 0; c < C; c++)
+            yi[c] = (((xi[c] - mc[c]) - lc[c]) * ac[c]) * wc[c] + bc[c];
+        GN_PUT(y + i * C, r.bo, C);
+    }
+}
+
+BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
+{
+    const int64_t C = k->C, HW = k->HW, G = k->G, Cg = k->Cg;
+    const double L = (double)(Cg * HW);
+    const T *x = k->x + n * HW * C, *dy = k->dy + n * HW * C;
+    double *pc = k->parts + n * C * 2;
+    for (int64_t c = 0; c < C; c++) {
+        r.m[c] = k->mean[n * G + c / Cg];
+        r.d1[c] = r.d2[c] = 0;
+        r.p1[c] = r.p2[c] = 0;
+    }
+    for (int64_t i = 0; i < HW; i++) {
+        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
+        const P *restrict gi = GN_IN(r.bg, dy + i * C, C);
+        P *restrict p1 = r.p1, *restrict p2 = r.p2;
+        const P *restrict mc = r.m;
+        for (int64_t c = 0; c < C; c++) {
+            p1[c] += gi[c];
+            p2[c] += gi[c] * (xi[c] - mc[c]);
+        }
+        if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1) {
+            F(gn_flush)(r.d1, r.p1, C);
+            F(gn_flush)(r.d2, r.p2, C);
+        }
+    }
+    for (int64_t g = 0; g < G; g++) {
+        const P s = k->invstd[n * G + g];
+        double A = 0, B = 0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+            const double w = k->weight ? (double)k->weight[c] : 1.0;
+            pc[2 * c] = r.d1[c];
+            pc[2 * c + 1] = r.d2[c] * (double)s;
+            A += w * r.d1[c];
+            B += w * r.d2[c];
+        }
+        const P ca = (P)(A / L), cg = (P)((double)s * (double)s * B / L);
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+            r.k[c] = k->weight ? k->weight[c] : (P)1; /* k: the weight */
+            r.p1[c] = ca;
+            r.cl[c] = cg;
+            r.a[c] = s;
+        }
+    }
+    if (!k->y)
+        return;
+    T *dx = k->y + n * HW * C;
+    const P *restrict wc = r.k, *restrict cac = r.p1, *restrict mc = r.m, *restrict cgc = r.cl,
+                      *restrict sc = r.a;
+    for (int64_t i = 0; i < HW; i++) {
+        const P *xi = GN_IN(r.bx, x + i * C, C), *gi = GN_IN(r.bg, dy + i * C, C);
+        P *di = GN_OUT(r.bo, dx + i * C); /* dx may be dy */
+        for (int64_t c = 0; c < C; c++)
+            di[c] = ((gi[c] * wc[c] - cac[c]) - (xi[c] - mc[c]) * cgc[c]) * sc[c];
+        GN_PUT(dx + i * C, r.bo, C);
+    }
+}
+
+/* ---- driver ---- */
+
+static void F(gn_thread)(const F(gctx_t) *k, int bwd, int64_t t, int64_t nt)
+{
+    const int64_t items = k->cl ? k->N : k->N * k->G;
+    for (int64_t j = items * t / nt; j < items * (t + 1) / nt; j++) {
+        if (k->cl) {
+            if (bwd)
+                F(gn_bwd_nhwc)(k, j, F(gn_scratch)(k, t));
+            else
+                F(gn_fwd_nhwc)(k, j, F(gn_scratch)(k, t));
+        } else if (bwd)
+            F(gn_bwd_nchw)(k, j);
+        else
+            F(gn_fwd_nchw)(k, j);
+    }
+}
+
+static int F(gn_run)(F(gctx_t) *k, int bwd, int n_threads)
+{
+    const int64_t items = k->cl ? k->N : k->N * k->G;
+    int nt = k->N * k->C * k->HW < BNC_SERIAL_BELOW ? 1 : n_threads;
+    if (nt > items)
+        nt = (int)items;
+    if (nt < 1)
+        nt = 1;
+    if (k->cl) {
+        k->scratch_bytes = (size_t)k->C * (2 * sizeof(double) + 9 * sizeof(P));
+        k->scratch_bytes = (k->scratch_bytes + 63) / 64 * 64;
+        k->scratch = malloc(k->scratch_bytes * (size_t)nt);
+        if (!k->scratch)
+            return BNC_ERR_NOMEM;
+    }
+#ifdef _OPENMP
+    if (nt > 1) {
+        BNC_GN_OMP(parallel num_threads(nt))
+        F(gn_thread)(k, bwd, omp_get_thread_num(), omp_get_num_threads());
+    } else
+#endif
+        F(gn_thread)(k, bwd, 0, 1);
+    free(k->scratch);
+    k->scratch = NULL;
+    return BNC_OK;
+}
+
+static int F(gn_check)(int64_t N, int64_t C, int64_t HW, int64_t G, const T *x,
+                       int n_threads)
+{
+    if (N < 1 || C < 1 || HW < 1 || G < 1 || C % G != 0 || N > INT64_MAX / C ||
+        N * C > INT64_MAX / HW)
+        return BNC_ERR_SHAPE;
+    if (!x)
+        return BNC_ERR_NULL;
+    if (n_threads < 1)
+        return BNC_ERR_THREADS;
+    return BNC_OK;
+}
+
+int F(bnc_groupnorm_fwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
+                         const T *x, const P *weight, const P *bias, double eps, T *y,
+                         P *save_mean, P *save_invstd, int n_threads)
+{
+    F(gctx_t) k = {0};
+    int st = F(gn_check)(N, C, HW, G, x, n_threads);
+    if (st)
+        return st;
+    if (!y)
+        return BNC_ERR_NULL;
+    if (!(eps > 0) || !isfinite(eps))
+        return BNC_ERR_EPS;
+    k.N = N;
+    k.C = C;
+    k.HW = HW;
+    k.G = G;
+    k.Cg = C / G;
+    k.cl = channels_last != 0;
+    k.x = x;
+    k.weight = weight;
+    k.bias = bias;
+    k.eps = eps;
+    k.y = y;
+    k.save_mean = save_mean;
+    k.save_invstd = save_invstd;
+    return F(gn_run)(&k, 0, n_threads);
+}
+
+int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
+                         const T *dy, const T *x, const P *weight, const P *mean,
+                         const P *invstd, T *dx, P *dweight, P *dbias, int n_threads)
+{
+    F(gctx_t) k = {0};
+    int st = F(gn_check)(N, C, HW, G, x, n_threads);
+    if (st)
+        return st;
+    if (!dy || !mean || !invstd)
+        return BNC_ERR_NULL;
+    k.N = N;
+    k.C = C;
+    k.HW = HW;
+    k.G = G;
+    k.Cg = C / G;
+    k.cl = channels_last != 0;
+    k.x = x;
+    k.dy = dy;
+    k.weight = weight;
+    k.mean = mean;
+    k.invstd = invstd;
+    k.y = dx;
+    k.parts = malloc(sizeof(double) * 2 * (size_t)(N * C));
+    if (!k.parts)
+        return BNC_ERR_NOMEM;
+    st = F(gn_run)(&k, 1, n_threads);
+    if (st == BNC_OK)
+        for (int64_t c = 0; c < C; c++) { /* over n in order */
+            double sb = 0, sw = 0;
+            for (int64_t n = 0; n < N; n++) {
+                sb += k.parts[(n * C + c) * 2];
+                sw += k.parts[(n * C + c) * 2 + 1];
+            }
+            if (dweight)
+                dweight[c] = (P)sw;
+            if (dbias)
+                dbias[c] = (P)sb;
+        }
+    free(k.parts);
+    return st;
+}
+
+#undef GN_STAGE
+#undef GN_IN
+#undef GN_OUT
+#undef GN_PUT
+#undef GN_CHUNKS
+#undef BNC_VLOAD
+#undef BNC_FLUSH1
+#undef BNC_FLUSH4
+#undef F
+#undef T
+#undef P
+#undef SFX
+#undef LOAD
+#undef STAGED
