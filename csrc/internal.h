@@ -8,6 +8,14 @@
 
 #include "bnc/bnc.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#define BNC_PRAGMA(x) _Pragma(#x)
+#define BNC_OMP(x) BNC_PRAGMA(omp x) /* an OpenMP directive, nothing without OpenMP */
+#else
+#define BNC_OMP(x)
+#endif
+
 #define BNC_CAT_(a, b) a##b
 #define BNC_CAT(a, b) BNC_CAT_(a, b)
 

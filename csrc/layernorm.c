@@ -3,29 +3,5 @@
 
 #include "internal.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#define BNC_LN_PRAGMA(x) _Pragma(#x)
-#define BNC_LN_OMP(x) BNC_LN_PRAGMA(omp x)
-#endif
-
-#define T float
-#define P float
-#define SFX f32
-#define STAGED 0
-#define LOAD(v) (v)
-#include "tmpl/layernorm_body.h"
-
-#define T double
-#define P double
-#define SFX f64
-#define STAGED 0
-#define LOAD(v) (v)
-#include "tmpl/layernorm_body.h"
-
-#define T bnc_f16_t
-#define P float
-#define SFX f16
-#define STAGED 1 /* rows converted to float in chunks */
-#define LOAD(v) bnc_half_to_float(v)
-#include "tmpl/layernorm_body.h"
+#define BNC_BODY "tmpl/layernorm_body.h"
+#include "tmpl/dtypes.h"

@@ -3,14 +3,6 @@
 
 #include "internal.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#define BNC_PRAGMA(x) _Pragma(#x)
-#define BNC_OMP(x) BNC_PRAGMA(omp x)
-#else
-#define BNC_OMP(x)
-#endif
-
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }

@@ -352,3 +352,10 @@ def test_properties(shape, axis, G, dtype):
     dx = group_norm_backward(dy, x, G, None, s, channel_axis=axis).grad_input
     dxg = np.moveaxis(dx.astype(np.float64), axis, 1).reshape(xg.shape)
     assert np.allclose(dxg.sum(axis=2), 0, atol=1e-3 if dtype == np.float32 else 1e-10)
+
+
+def test_exported_from_the_package():
+    import bnc
+    import bnc.groupnorm
+    for name in ("group_norm", "group_norm_forward", "group_norm_backward", "GroupNormSaved"):
+        assert name in bnc.__all__ and getattr(bnc, name) is getattr(bnc.groupnorm, name)

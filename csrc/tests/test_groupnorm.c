@@ -7,11 +7,6 @@
  */
 #include "testutil.h"
 
-static size_t psize(enum dtype t) { return t == F64 ? 8 : 4; }
-/* per-channel / per-group arrays: float for f32 and f16, double for f64 */
-static void pput(enum dtype t, void *buf, int64_t i, double v) { put(t == F64 ? F64 : F32, buf, i, v); }
-static double pget(enum dtype t, const void *buf, int64_t i) { return get(t == F64 ? F64 : F32, buf, i); }
-
 typedef struct {
     void *x, *dy, *w, *b, *y, *m, *s, *dx, *dw, *db;
 } bufs_t;
@@ -60,28 +55,7 @@ static void alloc(bufs_t *q, enum dtype t, shape_t d)
     q->s = malloc((size_t)(d.N * d.G) * psize(t));
 }
 
-static void release(bufs_t *q)
-{
-    void **p = (void **)q;
-    for (size_t i = 0; i < sizeof *q / sizeof(void *); i++)
-        free(p[i]);
-}
-
-/* norm-wise relative error vs ref, relative to the larger of |ref|, |scale| */
-static double relerr(enum dtype t, int per, const void *got, const double *ref,
-                     const double *scale, int64_t n)
-{
-    double num = 0, den = 0, dsc = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double g = per ? pget(t, got, i) : get(t, got, i);
-        num += (g - ref[i]) * (g - ref[i]);
-        den += ref[i] * ref[i];
-        if (scale)
-            dsc += scale[i] * scale[i];
-    }
-    den = den > dsc ? den : dsc;
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
+static void release(bufs_t *q) { RELEASE_ALL(q); }
 
 /* index of element (n, c, i) */
 static int64_t at(shape_t d, int64_t n, int64_t c, int64_t i)

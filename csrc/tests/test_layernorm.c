@@ -6,13 +6,6 @@
  * must give their status code.
  */
 #include "testutil.h"
-static size_t psize(enum dtype t) { return t == F64 ? 8 : 4; }
-
-
-/* per-row / per-column arrays: float for f32 and f16, double for f64 */
-static void pput(enum dtype t, void *buf, int64_t i, double v) { put(t == F64 ? F64 : F32, buf, i, v); }
-static double pget(enum dtype t, const void *buf, int64_t i) { return get(t == F64 ? F64 : F32, buf, i); }
-
 
 typedef struct {
     void *x, *dy, *w, *b, *y, *m, *s, *dx, *dw, *db;
@@ -60,30 +53,7 @@ static void alloc(bufs_t *q, enum dtype t, int64_t R, int64_t D)
     q->s = malloc((size_t)R * psize(t));
 }
 
-static void release(bufs_t *q)
-{
-    void **p = (void **)q;
-    for (size_t i = 0; i < sizeof *q / sizeof(void *); i++)
-        free(p[i]);
-}
-
-/* norm-wise relative error of got (dtype t, or per-row/column if per) vs ref,
- * relative to the larger of |ref| and |scale| (scale NULL: ref), as dx can
- * cancel to near zero (RMS norm of one element) */
-static double relerr(enum dtype t, int per, const void *got, const double *ref,
-                     const double *scale, int64_t n)
-{
-    double num = 0, den = 0, dsc = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double g = per ? pget(t, got, i) : get(t, got, i);
-        num += (g - ref[i]) * (g - ref[i]);
-        den += ref[i] * ref[i];
-        if (scale)
-            dsc += scale[i] * scale[i];
-    }
-    den = den > dsc ? den : dsc;
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
+static void release(bufs_t *q) { RELEASE_ALL(q); }
 
 static void run_case(enum dtype t, int rms, int64_t R, int64_t D, double loc, int nt)
 {

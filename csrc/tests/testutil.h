@@ -48,6 +48,37 @@ static double get(enum dtype t, const void *buf, int64_t i)
     return bnc_f16_to_f32(((const bnc_f16_t *)buf)[i]);
 }
 
+/* per-channel / per-row arrays: float for f32 and f16, double for f64 */
+static inline size_t psize(enum dtype t) { return t == F64 ? 8 : 4; }
+static inline void pput(enum dtype t, void *buf, int64_t i, double v) { put(t == F64 ? F64 : F32, buf, i, v); }
+static inline double pget(enum dtype t, const void *buf, int64_t i) { return get(t == F64 ? F64 : F32, buf, i); }
+
+/* norm-wise relative error of got (dtype t, or per-channel/row if per) vs
+ * ref, relative to the larger of |ref| and |scale| (scale NULL: ref), as a
+ * gradient can cancel to near zero */
+static inline double relerr(enum dtype t, int per, const void *got, const double *ref,
+                     const double *scale, int64_t n)
+{
+    double num = 0, den = 0, dsc = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double g = per ? pget(t, got, i) : get(t, got, i);
+        num += (g - ref[i]) * (g - ref[i]);
+        den += ref[i] * ref[i];
+        if (scale)
+            dsc += scale[i] * scale[i];
+    }
+    den = den > dsc ? den : dsc;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* frees every pointer of a struct made only of pointers */
+#define RELEASE_ALL(q)                                                \
+    do {                                                              \
+        void **p_ = (void **)(q);                                     \
+        for (size_t i_ = 0; i_ < sizeof *(q) / sizeof(void *); i_++)  \
+            free(p_[i_]);                                             \
+    } while (0)
+
 /* ---- a seeded generator (each test file sets rng_state) ---- */
 
 static uint64_t rng_state = 42;

@@ -1082,14 +1082,5 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     return st;
 }
 
-#undef BNC_VLOAD
 #undef BNC_STEP
-#undef BNC_FLUSH1
-#undef BNC_FLUSH4
-#undef F
-#undef T
-#undef P
-#undef SFX
-#undef LOAD
-#undef STORE
-#undef STAGED
+#include "body_end.h"

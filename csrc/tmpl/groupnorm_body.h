@@ -341,7 +341,7 @@ static int F(gn_run)(F(gctx_t) *k, int bwd, int n_threads)
     }
 #ifdef _OPENMP
     if (nt > 1) {
-        BNC_GN_OMP(parallel num_threads(nt))
+        BNC_OMP(parallel num_threads(nt))
         F(gn_thread)(k, bwd, omp_get_thread_num(), omp_get_num_threads());
     } else
 #endif
@@ -439,12 +439,4 @@ int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
 #undef GN_OUT
 #undef GN_PUT
 #undef GN_CHUNKS
-#undef BNC_VLOAD
-#undef BNC_FLUSH1
-#undef BNC_FLUSH4
-#undef F
-#undef T
-#undef P
-#undef SFX
-#undef LOAD
-#undef STAGED
+#include "body_end.h"

@@ -314,7 +314,7 @@ static void F(ln_thread)(const F(lctx_t) *k, int bwd, int64_t t, int64_t nt)
         return;
 #ifdef _OPENMP
     if (nt > 1) {
-        BNC_LN_OMP(barrier)
+        BNC_OMP(barrier)
     }
 #endif
     F(ln_bwd_columns)(k, k->D * t / nt, k->D * (t + 1) / nt);
@@ -330,7 +330,7 @@ static int F(ln_run)(F(lctx_t) *k, int bwd, int n_threads)
         nt = 1;
 #ifdef _OPENMP
     if (nt > 1) {
-        BNC_LN_OMP(parallel num_threads(nt))
+        BNC_OMP(parallel num_threads(nt))
         F(ln_thread)(k, bwd, omp_get_thread_num(), omp_get_num_threads());
     } else
 #endif
@@ -442,13 +442,4 @@ int F(bnc_rmsnorm_bwd)(int64_t rows, int64_t D, const T *dy, const T *x, const P
 {
     return F(ln_bwd)(1, rows, D, dy, x, weight, NULL, invrms, dx, dweight, NULL, n_threads);
 }
-
-#undef BNC_VLOAD
-#undef BNC_FLUSH1
-#undef BNC_FLUSH4
-#undef F
-#undef T
-#undef P
-#undef SFX
-#undef LOAD
-#undef STAGED
+#include "body_end.h"
