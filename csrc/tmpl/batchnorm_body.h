@@ -46,68 +46,12 @@ typedef struct {
  * double directly.
  * These loops are functions of their own: inlined into the large kernels,
  * they lose their registers to the caller's values and spill. */
-#include "lanes.h"
+#include "rowsums.h" /* sum_p, sqdev_p (and lanes.h) */
 
-/* The reductions below work on P values (see run_* for T), over `rows` runs
- * of n elements, the runs `xs` (and `gs` for dy) elements apart: one call per
+/* The reductions work on P values (see run_* for T), over `rows` runs of n
+ * elements, the runs `xs` (and `gs` for dy) elements apart: one call per
  * block, not per row, and the partials carry over from row to row, as rows
- * can be short (14x14 images: 196 elements). BNC_STEP adds one group of NL
- * elements and flushes the partials after BNC_SUB / NL groups. */
-#define BNC_STEP(e0, e1, e2, e3)                                              \
-    do {                                                                      \
-        f0 += (e0);                                                           \
-        f1 += (e1);                                                           \
-        f2 += (e2);                                                           \
-        f3 += (e3);                                                           \
-        if (++groups == BNC_SUB / F(NL)) {                                    \
-            BNC_FLUSH4(a, f0, f1, f2, f3);                                    \
-            groups = 0;                                                       \
-        }                                                                     \
-    } while (0)
-
-/* a += x - K, by lanes (K is a value of the data: exact in P). */
-BNC_HOT BNC_NOINLINE static void F(sum_p)(const P *restrict x, int64_t rows, int64_t xs,
-                                          int64_t n, double K, double *restrict a)
-{
-    const P k = (P)K;
-    F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
-    int groups = 0;
-    for (int64_t r = 0; r < rows; r++, x += xs) {
-        int64_t i = 0;
-        for (; i + F(NL) <= n; i += F(NL))
-            BNC_STEP(BNC_VLOAD(x + i) - k, BNC_VLOAD(x + i + F(VL)) - k,
-                     BNC_VLOAD(x + i + 2 * F(VL)) - k, BNC_VLOAD(x + i + 3 * F(VL)) - k);
-        for (int l = 0; i < n; i++, l++) /* the tail, in double */
-            a[l] += (double)x[i] - K;
-    }
-    BNC_FLUSH4(a, f0, f1, f2, f3);
-}
-
-/* a += ((x - K) - mu)^2, by lanes: the deviations from K + mu, where K is a
- * value of the data and mu the block's mean of x - K (rounded to P: that
- * moves the centre by far less than an ulp of the spread). */
-BNC_HOT BNC_NOINLINE static void F(sqdev_p)(const P *restrict x, int64_t rows, int64_t xs,
-                                            int64_t n, double K, double mu, double *restrict a)
-{
-    const P k = (P)K, m = (P)mu;
-    F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
-    int groups = 0;
-    for (int64_t r = 0; r < rows; r++, x += xs) {
-        int64_t i = 0;
-        for (; i + F(NL) <= n; i += F(NL)) {
-            F(vec_t) v0 = (BNC_VLOAD(x + i) - k) - m;
-            F(vec_t) v1 = (BNC_VLOAD(x + i + F(VL)) - k) - m;
-            F(vec_t) v2 = (BNC_VLOAD(x + i + 2 * F(VL)) - k) - m;
-            F(vec_t) v3 = (BNC_VLOAD(x + i + 3 * F(VL)) - k) - m;
-            BNC_STEP(v0 * v0, v1 * v1, v2 * v2, v3 * v3);
-        }
-        for (int l = 0; i < n; i++, l++) { /* the tail, in double */
-            double v = ((double)x[i] - K) - (double)m;
-            a[l] += v * v;
-        }
-    }
-    BNC_FLUSH4(a, f0, f1, f2, f3);
-}
+ * can be short (14x14 images: 196 elements). */
 
 /* a += dy * (x - m), by lanes (m is a P value). */
 BNC_HOT BNC_NOINLINE static void F(dot_p)(const P *restrict dy, int64_t gs,
@@ -1082,5 +1026,4 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     return st;
 }
 
-#undef BNC_STEP
 #include "body_end.h"

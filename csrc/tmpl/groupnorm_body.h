@@ -86,9 +86,9 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
     double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
     double mean, invstd;
     const P kx = LOAD(x[0]);
-    GN_CHUNKS(L) F(ln_sum)(GN_IN(bx, x + o, c_), c_, kx, a1);
+    GN_CHUNKS(L) F(sum_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, a1);
     double mu = bnc_lanes_sum(a1) / (double)L;
-    GN_CHUNKS(L) F(ln_sqdev)(GN_IN(bx, x + o, c_), c_, kx, (P)mu, a2);
+    GN_CHUNKS(L) F(sqdev_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, (P)mu, a2);
     F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &invstd);
     const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
     if (k->save_mean)

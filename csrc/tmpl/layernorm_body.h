@@ -94,7 +94,7 @@ static inline void F(row_sum)(const T *x, int64_t n, P k, double *a)
     P bx[BNC_LN_STAGE];
     LN_CHUNKS(n) {
         bnc_f16_load(bx, x + o, c_);
-        F(ln_sum)(bx, c_, k, a);
+        F(sum_p)(bx, 1, 0, c_, k, a);
     }
 }
 static inline void F(row_sqdev)(const T *x, int64_t n, P k, P m, double *a)
@@ -102,7 +102,7 @@ static inline void F(row_sqdev)(const T *x, int64_t n, P k, P m, double *a)
     P bx[BNC_LN_STAGE];
     LN_CHUNKS(n) {
         bnc_f16_load(bx, x + o, c_);
-        F(ln_sqdev)(bx, c_, k, m, a);
+        F(sqdev_p)(bx, 1, 0, c_, k, m, a);
     }
 }
 static inline void F(row_dots)(const T *dy, const T *x, const P *w, int64_t n, P m,
@@ -141,10 +141,10 @@ static inline void F(row_grad)(const T *dy, const T *x, T *dx, int64_t n, const 
 #undef LN_CHUNKS
 #undef BNC_LN_STAGE
 #else
-static inline void F(row_sum)(const T *x, int64_t n, P k, double *a) { F(ln_sum)(x, n, k, a); }
+static inline void F(row_sum)(const T *x, int64_t n, P k, double *a) { F(sum_p)(x, 1, 0, n, k, a); }
 static inline void F(row_sqdev)(const T *x, int64_t n, P k, P m, double *a)
 {
-    F(ln_sqdev)(x, n, k, m, a);
+    F(sqdev_p)(x, 1, 0, n, k, m, a);
 }
 static inline void F(row_dots)(const T *dy, const T *x, const P *w, int64_t n, P m,
                                double *a, double *b)
