@@ -351,8 +351,9 @@ static int F(gn_run)(F(gctx_t) *k, int bwd, int n_threads)
     return BNC_OK;
 }
 
-static int F(gn_check)(int64_t N, int64_t C, int64_t HW, int64_t G, const T *x,
-                       int n_threads)
+/* Checks the shared arguments and fills the shape part of k. */
+static int F(gn_setup)(F(gctx_t) *k, int64_t N, int64_t C, int64_t HW, int64_t G,
+                       int channels_last, const T *x, int n_threads)
 {
     if (N < 1 || C < 1 || HW < 1 || G < 1 || C % G != 0 || N > INT64_MAX / C ||
         N * C > INT64_MAX / HW)
@@ -361,6 +362,13 @@ static int F(gn_check)(int64_t N, int64_t C, int64_t HW, int64_t G, const T *x,
         return BNC_ERR_NULL;
     if (n_threads < 1)
         return BNC_ERR_THREADS;
+    k->N = N;
+    k->C = C;
+    k->HW = HW;
+    k->G = G;
+    k->Cg = C / G;
+    k->cl = channels_last != 0;
+    k->x = x;
     return BNC_OK;
 }
 
@@ -369,20 +377,13 @@ int F(bnc_groupnorm_fwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
                          P *save_mean, P *save_invstd, int n_threads)
 {
     F(gctx_t) k = {0};
-    int st = F(gn_check)(N, C, HW, G, x, n_threads);
+    int st = F(gn_setup)(&k, N, C, HW, G, channels_last, x, n_threads);
     if (st)
         return st;
     if (!y)
         return BNC_ERR_NULL;
     if (!(eps > 0) || !isfinite(eps))
         return BNC_ERR_EPS;
-    k.N = N;
-    k.C = C;
-    k.HW = HW;
-    k.G = G;
-    k.Cg = C / G;
-    k.cl = channels_last != 0;
-    k.x = x;
     k.weight = weight;
     k.bias = bias;
     k.eps = eps;
@@ -397,18 +398,11 @@ int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
                          const P *invstd, T *dx, P *dweight, P *dbias, int n_threads)
 {
     F(gctx_t) k = {0};
-    int st = F(gn_check)(N, C, HW, G, x, n_threads);
+    int st = F(gn_setup)(&k, N, C, HW, G, channels_last, x, n_threads);
     if (st)
         return st;
     if (!dy || !mean || !invstd)
         return BNC_ERR_NULL;
-    k.N = N;
-    k.C = C;
-    k.HW = HW;
-    k.G = G;
-    k.Cg = C / G;
-    k.cl = channels_last != 0;
-    k.x = x;
     k.dy = dy;
     k.weight = weight;
     k.mean = mean;
