@@ -23,8 +23,7 @@ cdef tuple _gn_dims(object x, object num_groups, object channel_axis):
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
     cdef int nd = x.ndim
-    cdef int ax = normalize_axis_index(_as_int(channel_axis, "channel_axis"), nd,
-                                       "channel_axis")
+    cdef int ax = axis_index(channel_axis, nd, "channel_axis")
     if ax != 1 and ax != nd - 1:
         raise ValueError(f"channel_axis must be 1 (channels first) or -1 (channels last), "
                          f"got {channel_axis} for a {nd}-d x")

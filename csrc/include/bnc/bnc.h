@@ -22,7 +22,8 @@
  * for _f64; reductions accumulate in double. Results are bit-for-bit the same
  * for any n_threads: work is split by shape only.
  *
- * Threads: n_threads >= 1 is an upper bound on OpenMP threads; small inputs run
+ * Threads: n_threads >= 1 is an upper bound on OpenMP threads (and at most 256
+ * run: a larger request is capped, as is one above the work items); small inputs run
  * serially. Without OpenMP the kernels are serial and n_threads is checked only.
  */
 #ifndef BNC_BNC_H
