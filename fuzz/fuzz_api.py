@@ -186,6 +186,24 @@ def fuzz_group_norm(fdp):
     bnc.group_norm_backward(array(fdp, shape_of(x)), x, G, w, s, channel_axis=ax, n_threads=nt)
 
 
+def fuzz_instance_norm(fdp):
+    x = array(fdp)
+    ax = fdp.PickValueInList([1, -1, 0, 2])
+    C = channels(x, ax)
+    w = vector(fdp, C)
+    nt = fdp.PickValueInList(THREADS)
+    use = fdp.ConsumeBool()
+    bnc.instance_norm(x, w, vector(fdp, C), vector(fdp, C), vector(fdp, C),
+                      use_input_stats=use, momentum=fdp.PickValueInList(SCALARS),
+                      eps=fdp.PickValueInList(SCALARS), channel_axis=ax, n_threads=nt)
+    y, s = bnc.instance_norm_forward(x, w, vector(fdp, C),
+                                     mean=None if use else vector(fdp, C),
+                                     var=None if use else vector(fdp, C), channel_axis=ax,
+                                     n_threads=nt)
+    bnc.instance_norm_backward(array(fdp, shape_of(x)), x, w, s, use_input_stats=use,
+                               channel_axis=ax, n_threads=nt)
+
+
 def fuzz_stats_helpers(fdp):
     k, C = fdp.ConsumeIntInRange(0, 4), fdp.ConsumeIntInRange(0, 4)
     m, v, n = bnc.combine_stats(array(fdp, (k, C)), array(fdp, (k, C)),
@@ -206,7 +224,7 @@ def fuzz_fold(fdp):
 
 
 TARGETS = [fuzz_batch_norm, fuzz_forward_backward, fuzz_renorm, fuzz_layer_rms,
-           fuzz_group_norm, fuzz_stats_helpers, fuzz_fold]
+           fuzz_group_norm, fuzz_instance_norm, fuzz_stats_helpers, fuzz_fold]
 
 
 def test_one_input(data):

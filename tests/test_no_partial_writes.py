@@ -36,6 +36,7 @@ def _valid_calls():
     lsaved = bnc.layer_norm_forward(x, axis=1)[1]
     rmsaved = bnc.rms_norm_forward(x, axis=2)[1]
     gsaved = bnc.group_norm_forward(x, 3, _v(), _v())[1]
+    isaved = bnc.instance_norm_forward(x, _v(), _v())[1]
     nbt = lambda: np.array(2, np.int64)  # noqa: E731
     return {
         "batch_norm": (bnc.batch_norm, [x, _v(), _v(), _v(0.0), _v(1.0)],
@@ -73,6 +74,11 @@ def _valid_calls():
                                dict(out=np.empty(SHAPE, np.float32))),
         "group_norm_backward": (bnc.group_norm_backward, [g, x, 3, _v(), gsaved],
                                 dict(out=np.empty(SHAPE, np.float32))),
+        "instance_norm": (bnc.instance_norm, [x, _v(), _v(), _v(0.0), _v(1.0)],
+                          dict(momentum=0.1, out=np.empty(SHAPE, np.float32),
+                               num_batches_tracked=nbt())),
+        "instance_norm_backward": (bnc.instance_norm_backward, [g, x, _v(), isaved],
+                                   dict(out=np.empty(SHAPE, np.float32))),
     }
 
 

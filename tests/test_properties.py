@@ -375,6 +375,44 @@ def test_group_norm(t, data, nt):
     _check_grads(grads, ref, dt, g_values, s_ref.invstd, w)
 
 
+@SETTINGS
+@given(tensors(), st.data(), threads)
+def test_instance_norm(t, data, nt):
+    values, x, rng = t
+    ca = data.draw(st.sampled_from([1, -1]), "channel_axis")
+    use_input_stats = data.draw(st.booleans(), "use_input_stats")
+    C = values.shape[ca]
+    spatial = values.size // (values.shape[0] * C) if values.size else 0
+    dt = values.dtype
+    w, b, rm, rv = params(rng, C, dt)
+    error = ("must not be empty" if values.size == 0 else
+             "more than 1 spatial element" if use_input_stats and spatial == 1 else None)
+    rm_ref, rv_ref = f64(rm).copy(), f64(rv).copy()
+    y = expect(error, lambda: bnc.instance_norm(x, w, b, rm, rv, use_input_stats=use_input_stats,
+                                                channel_axis=ca, n_threads=nt))
+    if error:
+        assert np.array_equal(rm, rm_ref.astype(rm.dtype))
+        return
+    y_ref = R.instance_norm(f64(values), f64(w), f64(b), rm_ref, rv_ref,
+                            use_input_stats=use_input_stats, channel_axis=ca)
+    assert_close(y, y_ref, _t(OUT_TOL, dt), "y")
+    assert_close(rm, rm_ref, _t(STAT_TOL, dt), "running_mean")
+    assert_close(rv, rv_ref, _t(STAT_TOL, dt), "running_var")
+    mean, var = (None, None) if use_input_stats else (rm, rv)
+    y, saved = bnc.instance_norm_forward(x, w, b, mean=mean, var=var, channel_axis=ca,
+                                         n_threads=nt)
+    y_ref, s_ref = R.instance_norm_forward(f64(values), f64(w), f64(b), mean=f64(mean),
+                                           var=f64(var), channel_axis=ca)
+    assert_close(y, y_ref, _t(OUT_TOL, dt), "y (forward)")
+    g_values = rng.standard_normal(values.shape).astype(dt)
+    g = as_view(g_values, data.draw(layouts(values.ndim), "grad layout"))
+    grads = bnc.instance_norm_backward(g, x, w, saved, use_input_stats=use_input_stats,
+                                       channel_axis=ca, n_threads=nt)
+    ref = R.instance_norm_backward(f64(g_values), f64(values), f64(w), s_ref,
+                                   use_input_stats=use_input_stats, channel_axis=ca)
+    _check_grads(grads, ref, dt, g_values, s_ref.invstd, w)
+
+
 # ---------------------------------------------------------------------------
 # folding
 

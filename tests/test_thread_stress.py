@@ -77,6 +77,12 @@ def _ops():
         y, s = bnc.group_norm_forward(xl, 4, w, b, channel_axis=-1, n_threads=nt)
         return (y, *s, *bnc.group_norm_backward(gl, xl, 4, w, s, channel_axis=-1, n_threads=nt))
 
+    def instance(nt):
+        m, v = rm.copy(), rv.copy()
+        y = bnc.instance_norm(xl, w, b, m, v, channel_axis=-1, n_threads=nt)
+        y2, s = bnc.instance_norm_forward(x, w, b, n_threads=nt)
+        return (y, m, v, y2, *s, *bnc.instance_norm_backward(g, x, w, s, n_threads=nt))
+
     def stats(nt):
         mean, var, n = bnc.batch_norm_stats(x16, n_threads=nt)
         m, v = rm.copy(), rv.copy()
@@ -89,7 +95,7 @@ def _ops():
         return f.weight, f.bias
 
     return {f.__name__: f for f in (bn_train, bn_pair, bn_split, renorm, layer, rms, group,
-                                    stats, fold)}
+                                    instance, stats, fold)}
 
 
 def test_every_op_from_eight_threads():

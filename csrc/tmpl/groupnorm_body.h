@@ -431,12 +431,7 @@ static void F(gn_thread)(const F(gctx_t) *k, int bwd, int64_t t, int64_t nt)
 
 static int F(gn_run)(F(gctx_t) *k, int bwd, int n_threads)
 {
-    const int64_t items = k->cl ? k->N : k->N * k->G;
-    int nt = k->N * k->C * k->HW < BNC_SERIAL_BELOW ? 1 : n_threads;
-    if (nt > items)
-        nt = (int)items;
-    if (nt < 1)
-        nt = 1;
+    int nt = bnc_team(n_threads, k->cl ? k->N : k->N * k->G, k->N * k->C * k->HW);
     if (k->cl) {
         k->scratch_bytes = F(gn_scratch_bytes)(k->C);
         k->scratch = malloc(k->scratch_bytes * (size_t)nt);
