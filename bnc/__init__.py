@@ -7,7 +7,8 @@ layer_norm_backward, rms_norm, rms_norm_forward, rms_norm_backward, group_norm,
 group_norm_forward, group_norm_backward, instance_norm, instance_norm_forward,
 instance_norm_backward, fold_batch_norm; thread control:
 get_num_threads, set_num_threads, num_threads, openmp_enabled.
-`bnc.reference` holds readable float64 NumPy twins of the kernels' ops.
+`bnc.reference` holds readable float64 NumPy twins of the kernels' ops;
+`bnc.distributed` synchronizes batch norm across processes over MPI.
 """
 from bnc._core import c_version as _c_version
 from bnc.batchnorm import (
@@ -51,6 +52,7 @@ from bnc.layernorm import (
     rms_norm_backward,
     rms_norm_forward,
 )
+from bnc import distributed  # noqa: E402 (imports mpi4py only when used)
 from bnc.threads import get_num_threads, num_threads, openmp_enabled, set_num_threads
 
 __version__ = "0.1.0"
