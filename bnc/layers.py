@@ -664,8 +664,9 @@ class BatchNorm(_BatchNormBase):
         else:
             counts = [xa[s].size // C for s in slices]
             if update and min(counts) <= self.correction:
-                raise ValueError(f"a virtual batch has {min(counts)} values per channel: "
-                                 f"need more than correction={self.correction}")
+                raise ValueError(f"virtual batches of {self.virtual_batch_size} samples "
+                                 f"leave {min(counts)} value(s) per channel in one: need "
+                                 f"more than correction={self.correction}")
             y = np.empty_like(xa)
             saved = []
             for s in slices:  # one training kernel call per virtual batch
