@@ -120,11 +120,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from numbers import Integral
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from bnc.batchnorm import (
+    _momentum,
+    _real,
     batch_norm_backward,
     batch_norm_forward,
     batch_norm_stats,
@@ -214,30 +216,10 @@ def _positive_int(v, name) -> int:
 def _eps(eps, allow_none=False):
     if eps is None and allow_none:
         return None
-    if isinstance(eps, (bool, np.bool_)):
-        raise TypeError("eps must be a real number, got bool")
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
-    if not e > 0.0 or e == float("inf"):
+    e = _real(eps, "eps")
+    if not 0.0 < e < float("inf"):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     return e
-
-
-def _momentum(momentum):
-    if momentum is None:
-        return None
-    if isinstance(momentum, (bool, np.bool_)):
-        raise TypeError("momentum must be a real number or None, got bool")
-    try:
-        m = float(momentum)
-    except (TypeError, ValueError):
-        raise TypeError("momentum must be a real number or None, got "
-                        f"{type(momentum).__name__}") from None
-    if not 0.0 <= m <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1] (or None), got {momentum!r}")
-    return m
 
 
 class _Layer:
@@ -482,7 +464,7 @@ class _Running(_Layer):
         self._init_common(dtype, n_threads)
         self.num_features = _positive_int(num_features, "num_features")
         self.eps = _eps(eps)
-        self.momentum = _momentum(momentum)
+        self.momentum = _momentum(momentum, None)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         if isinstance(channel_axis, (bool, np.bool_)) or not isinstance(channel_axis, Integral):
@@ -892,6 +874,7 @@ class _RowNorm(_Layer):
         self.weight = np.ones(shape, self.dtype) if self.elementwise_affine else None
         self.bias = (np.zeros(shape, self.dtype) if self.elementwise_affine and bias
                      else None)
+        self._rms = rms
 
     def _rows(self, x):
         xa = self._input(x)
@@ -900,6 +883,22 @@ class _RowNorm(_Layer):
             raise ValueError(f"x must end with normalized_shape {self.normalized_shape}, "
                              f"got shape {xa.shape}")
         return xa, -k
+
+    def forward(self, x):
+        """y = the normalization of x over its trailing normalized_shape axes."""
+        xa, axis = self._rows(x)
+        if self._rms:
+            fn, affine = rms_norm_forward, (self.weight,)
+        else:
+            fn, affine = layer_norm_forward, (self.weight, self.bias)
+        y, saved = fn(xa, *affine, axis=axis, eps=self.eps, n_threads=self.n_threads)
+        self._cache = _Cache(xa, saved, True)
+        return y
+
+    def _backward(self, cache, g):
+        fn = rms_norm_backward if self._rms else layer_norm_backward
+        return fn(g, cache.x, self.weight, cache.saved, axis=-len(self.normalized_shape),
+                  n_threads=self.n_threads)
 
 
 class LayerNorm(_RowNorm):
@@ -921,18 +920,6 @@ class LayerNorm(_RowNorm):
                     bias=self.bias is not None or not self.elementwise_affine,
                     dtype=self.dtype, n_threads=self.n_threads)
 
-    def forward(self, x):
-        """y = layer norm of x over its trailing normalized_shape axes."""
-        xa, axis = self._rows(x)
-        y, saved = layer_norm_forward(xa, self.weight, self.bias, axis=axis, eps=self.eps,
-                                      n_threads=self.n_threads)
-        self._cache = _Cache(xa, saved, True)
-        return y
-
-    def _backward(self, cache, g):
-        return layer_norm_backward(g, cache.x, self.weight, cache.saved,
-                                   axis=-len(self.normalized_shape), n_threads=self.n_threads)
-
 
 class RMSNorm(_RowNorm):
     """RMS normalization layer (PyTorch's nn.RMSNorm).
@@ -953,15 +940,3 @@ class RMSNorm(_RowNorm):
         return dict(normalized_shape=self.normalized_shape, eps=self.eps,
                     elementwise_affine=self.elementwise_affine, dtype=self.dtype,
                     n_threads=self.n_threads)
-
-    def forward(self, x):
-        """y = RMS norm of x over its trailing normalized_shape axes."""
-        xa, axis = self._rows(x)
-        y, saved = rms_norm_forward(xa, self.weight, axis=axis, eps=self.eps,
-                                    n_threads=self.n_threads)
-        self._cache = _Cache(xa, saved, True)
-        return y
-
-    def _backward(self, cache, g):
-        return rms_norm_backward(g, cache.x, self.weight, cache.saved,
-                                 axis=-len(self.normalized_shape), n_threads=self.n_threads)

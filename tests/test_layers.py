@@ -291,7 +291,7 @@ def test_input_errors():
     (lambda: L.BatchNorm(0), ValueError, "num_features must be >= 1"),
     (lambda: L.BatchNorm(2.0), TypeError, "num_features must be an int"),
     (lambda: L.BatchNorm(2, eps=0), ValueError, "eps must be a finite number > 0"),
-    (lambda: L.BatchNorm(2, momentum=1.5), ValueError, "momentum must be in \\[0, 1\\]"),
+    (lambda: L.BatchNorm(2, momentum=1.5), ValueError, "momentum must be in \\[0, 1\\], got 1.5"),
     (lambda: L.BatchNorm(2, momentum="a"), TypeError, "momentum must be a real number"),
     (lambda: L.BatchNorm(2, dtype=np.float16), TypeError, "float32 \\(float16/float32 input"),
     (lambda: L.BatchNorm(2, dtype=np.int32), TypeError, "dtype is the dtype"),

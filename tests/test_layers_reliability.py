@@ -23,6 +23,20 @@ FUNCTIONAL = [n for n in dir(L) if n.endswith(("_forward", "_backward", "_stats"
               and callable(getattr(L, n))]
 
 
+def _count_clean_failures(layer, call, cases, what):
+    """call(case) for each case; every TypeError/ValueError must leave the layer
+    as it was. Returns how many raised."""
+    raised = 0
+    for name, case in cases.items():
+        snap = snapshot(layer)
+        try:
+            call(case)
+        except (TypeError, ValueError):
+            raised += 1
+            assert_same_state(layer, snap, f"{what}({name})")
+    return raised
+
+
 def _bad_inputs(x):
     one = (slice(0, 1), slice(None)) + (slice(0, 1),) * (x.ndim - 2)
     wrong = np.float32 if x.dtype == np.float64 else np.float64
@@ -42,15 +56,7 @@ def test_failed_forward_writes_nothing(name, mode):
         layer.eval()
     if mode == "frozen":
         layer.freeze()
-    raised = 0
-    for what, bad in _bad_inputs(x).items():
-        snap = snapshot(layer)
-        try:
-            layer(bad)
-        except (TypeError, ValueError):
-            raised += 1
-            assert_same_state(layer, snap, f"{name} forward({what})")
-    assert raised >= 8
+    assert _count_clean_failures(layer, layer, _bad_inputs(x), f"{name} forward") >= 8
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -87,15 +93,8 @@ def test_failed_backward_writes_nothing(name):
         layer.backward(np.ones_like(x))
     assert_same_state(layer, snap, "backward without forward")
     layer(x)
-    raised = 0
-    for what, bad in _bad_inputs(x).items():
-        snap = snapshot(layer)
-        try:
-            layer.backward(bad)
-        except (TypeError, ValueError):
-            raised += 1
-            assert_same_state(layer, snap, f"{name} backward({what})")
-    assert raised >= 8
+    assert _count_clean_failures(layer, layer.backward, _bad_inputs(x),
+                                 f"{name} backward") >= 8
     layer.backward(np.ones_like(x))  # the cache survived the failures
 
 
@@ -125,15 +124,8 @@ def _bad_state_dicts(layer):
 def test_failed_load_state_dict_writes_nothing(name):
     layer, x = make_layers()[name]
     layer(x)
-    raised = 0
-    for what, sd in _bad_state_dicts(layer).items():
-        snap = snapshot(layer)
-        try:
-            layer.load_state_dict(sd)
-        except (TypeError, ValueError):
-            raised += 1
-            assert_same_state(layer, snap, f"{name} load_state_dict({what})")
-    assert raised >= 7
+    assert _count_clean_failures(layer, layer.load_state_dict, _bad_state_dicts(layer),
+                                 f"{name} load_state_dict") >= 7
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES
