@@ -147,6 +147,9 @@ __all__ = ["BatchNorm", "BatchRenorm", "GroupNorm", "InstanceNorm", "LayerNorm",
            "RMSNorm", "IncompatibleKeys"]
 
 _PICKLE_VERSION = 1
+# layer dtype -> the input dtypes it computes with
+_INPUT_DTYPES = {np.dtype(np.float32): frozenset([np.dtype(np.float32), np.dtype(np.float16)]),
+                 np.dtype(np.float64): frozenset([np.dtype(np.float64)])}
 
 
 class IncompatibleKeys(NamedTuple):
@@ -340,11 +343,7 @@ class _Layer:
 
     def _input(self, x) -> np.ndarray:
         xa = np.asarray(x)
-        if self.dtype == np.float64:
-            ok = xa.dtype == np.float64
-        else:
-            ok = xa.dtype in (np.float32, np.float16)
-        if not ok:
+        if xa.dtype not in _INPUT_DTYPES[self.dtype]:
             allowed = "float64" if self.dtype == np.float64 else "float16 or float32"
             raise TypeError(f"{type(self).__name__} with dtype {self.dtype} takes {allowed} "
                             f"input, got {xa.dtype} (convert x, or make the layer with "

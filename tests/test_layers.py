@@ -202,8 +202,12 @@ def test_instancenorm_running_stats_against_reference():
         assert_close(layer.running_mean, rm, 1e-12)
         assert_close(layer.running_var, rv, 1e-12)
         assert layer.num_batches_tracked == step + 1
-    layer.eval()
     x = _x((2, 5, 2, C), np.float64, "ineval")
+    frozen = copy.deepcopy(layer).freeze()
+    y_frozen = frozen(x)
+    assert frozen.num_batches_tracked == 2 and bit_equal(frozen.running_var, rv)
+    layer.eval()
+    assert bit_equal(layer(x), y_frozen)
     assert_close(layer(x), ref.instance_norm(x, layer.weight, layer.bias, rm, rv,
                                              use_input_stats=False, channel_axis=-1), 1e-12)
     g = np.ones_like(x)
