@@ -111,7 +111,19 @@ implementations (``x.split(V)``) do, and its moving variance is biased
 difference in distribution.
 
 Threads: every call passes the layer's ``n_threads`` attribute (None: the
-global default) to the functional API.
+global default) to the functional API. A layer holds one forward cache and
+one set of gradients: use a layer from one thread at a time (different
+layers may run concurrently).
+
+Failures: every check runs and every result is computed before the layer
+writes anything, so a forward, backward, ``load_state_dict`` or
+``recompute_running_stats`` that raises (a bad argument, or a
+KeyboardInterrupt inside a functional call) leaves every array, counter,
+gradient and the cache as they were. The writes come last: the running
+statistics through `bnc.update_running_stats` (which checks, then writes),
+gradients and cache in one attribute update; ``load_state_dict``,
+``recompute_running_stats`` and the resets hold back a Ctrl-C until their
+writes are done.
 """
 from __future__ import annotations
 
