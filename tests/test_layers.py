@@ -601,3 +601,10 @@ def test_ghost_errors():
         L.BatchNorm(3, virtual_batch_size=4, track_running_stats=False)(_x((9, 3)))
     with pytest.raises(ValueError, match="splits axis 0"):
         L.BatchNorm(3, virtual_batch_size=2, channel_axis=-2)(_x((3, 6)))
+
+
+def test_exports():
+    assert "layers" in bnc.__all__ and bnc.layers is L
+    for name in ("BatchNorm", "BatchRenorm", "GroupNorm", "InstanceNorm", "LayerNorm",
+                 "RMSNorm", "IncompatibleKeys"):
+        assert name in L.__all__ and hasattr(L, name)
