@@ -321,12 +321,13 @@ class _Layer:
 
     def _commit_backward(self, dw, db):
         """Add the gradients and drop the cache in one step (one dict update)."""
-        new = {"_cache": None}
-        for name, g in (("weight", dw), ("bias", db)):
-            if getattr(self, name, None) is None or g is None:
-                continue
-            old = getattr(self, "grad_" + name)
-            new["grad_" + name] = g.copy() if old is None else old + g
+        new = {"_cache": None}  # dw, db are new arrays from the functional API
+        if self.weight is not None:
+            gw = self.grad_weight
+            new["grad_weight"] = dw if gw is None else gw + dw
+        if self.bias is not None:
+            gb = self.grad_bias
+            new["grad_bias"] = db if gb is None else gb + db
         self.__dict__.update(new)
 
     def _take_cache(self, grad_out):
