@@ -608,3 +608,26 @@ def test_exports():
     for name in ("BatchNorm", "BatchRenorm", "GroupNorm", "InstanceNorm", "LayerNorm",
                  "RMSNorm", "IncompatibleKeys"):
         assert name in L.__all__ and hasattr(L, name)
+
+
+@pytest.mark.parametrize("xdtype", [F32, np.float16])
+def test_ghost_batchnorm_channels_last_and_float16(xdtype):
+    N, V, C = 10, 4, 3
+    layer = L.BatchNorm(C, momentum=0.5, virtual_batch_size=V, channel_axis=-1)
+    _randomize(layer, "ghost-cl")
+    rm, rv = layer.running_mean.astype(np.float64), layer.running_var.astype(np.float64)
+    x = _x((N, 4, 2, C), xdtype, "ghost-cl")
+    y = layer(x)
+    assert y.dtype == xdtype and y.shape == x.shape
+    y_r, rm, rv = _ghost_reference(np.moveaxis(x, -1, 1), layer.weight, layer.bias, rm, rv,
+                                   V, 0.5, 1)
+    assert_close(y, np.moveaxis(y_r, 1, -1), 1e-3 if xdtype == np.float16 else 1e-5)
+    assert_close(layer.running_mean, rm, 1e-6)
+    assert_close(layer.running_var, rv, 1e-6)
+    g = _x(x.shape, xdtype, "ghost-cl-g")
+    dx = layer.backward(g)
+    for s in range(0, N, V):
+        r = ref.batch_norm_backward(g[s:s + V], x[s:s + V], layer.weight,
+                                    ref.batch_norm_forward(x[s:s + V], channel_axis=-1)[1],
+                                    channel_axis=-1)
+        assert_close(dx[s:s + V], r.grad_input, 2e-3 if xdtype == np.float16 else 1e-5)
