@@ -1,6 +1,7 @@
 # bnc_demo.pyx - another project's Cython extension calling bnc's C kernels
 # directly (nogil), declared by the shipped bnc/cbnc.pxd. Built by setup.py
 # beside it; see docs/guide/embedding.md.
+# cython: boundscheck=False, wraparound=False
 from bnc.cbnc cimport (BNC_OK, bnc_batchnorm_fwd_train_f64, bnc_dims_t, bnc_strerror,
                        bnc_strides_t)
 
