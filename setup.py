@@ -5,11 +5,20 @@ OpenMP program compiles and links, the kernels are built with -fopenmp;
 otherwise (or with BNC_DISABLE_OPENMP=1) they are built serially and a
 warning says so.
 
+Besides the extension, the build ships the C core for embedding (see
+docs/guide/embedding.md): the public header as bnc/include/bnc/bnc.h
+(bnc.get_include()), the kernels' object files, compiled once for the
+extension, as the static library bnc/lib/libbnc.a (bnc.get_library_dir()), and
+bnc/lib/build.json with the flags a program linking it needs (OpenMP,
+sanitizers), which bnc.extension_kwargs() reads.
+
 BNC_SANITIZE=1 builds the extension with AddressSanitizer and
 UndefinedBehaviorSanitizer (gcc or clang), for the sanitizer CI job: Python
 must then run with the ASan runtime preloaded (see .ci/sanitize).
 """
+import json
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -79,6 +88,32 @@ class BuildExt(build_ext):
             ext.extra_compile_args = flags + (omp if use_omp else []) + san
             ext.extra_link_args = (omp if use_omp else []) + san[:2]
         super().build_extensions()
+        self.ship_core((omp if use_omp else []) + san[:2])
+
+    def ship_core(self, link_args):
+        """Put the header, libbnc.a (the extension's C objects) and build.json
+        beside the built bnc/_core, so that they are installed with it."""
+        objects = self.compiler.object_filenames(C_SOURCES, output_dir=self.build_temp)
+        config = {"libraries": ["bnc"] + (["m"] if os.name == "posix" else []),
+                  "extra_link_args": link_args}
+        pkg = Path(self.build_lib, "bnc")
+        include = pkg / "include" / "bnc"
+        include.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(HERE / "csrc" / "include" / "bnc" / "bnc.h", include / "bnc.h")
+        lib = pkg / "lib"
+        lib.mkdir(exist_ok=True)
+        target = lib / self.compiler.library_filename("bnc")
+        if target.exists():  # ar would add to an old archive
+            target.unlink()
+        self.compiler.create_static_lib(objects, "bnc", output_dir=str(lib))
+        (lib / "build.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    def run(self):
+        super().run()
+        if self.inplace:  # setuptools builds into build_lib, then copies the .so
+            for sub in ("include", "lib"):
+                shutil.copytree(Path(self.build_lib, "bnc", sub), HERE / "bnc" / sub,
+                                dirs_exist_ok=True)
 
 
 extension = Extension(

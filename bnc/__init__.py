@@ -6,7 +6,9 @@ batch_renorm_forward, batch_renorm_backward, layer_norm, layer_norm_forward,
 layer_norm_backward, rms_norm, rms_norm_forward, rms_norm_backward, group_norm,
 group_norm_forward, group_norm_backward, instance_norm, instance_norm_forward,
 instance_norm_backward, fold_batch_norm; thread control:
-get_num_threads, set_num_threads, num_threads, openmp_enabled.
+get_num_threads, set_num_threads, num_threads, openmp_enabled; embedding the C
+core: get_include, get_library_dir, extension_kwargs; ported code:
+bnc.compat.torch and bnc.compat.onnx (foreign signatures and defaults).
 `bnc.layers` holds stateful layers on top of them (BatchNorm, BatchRenorm,
 GroupNorm, InstanceNorm, LayerNorm, RMSNorm).
 `bnc.reference` holds readable float64 NumPy twins of the kernels' ops;
@@ -31,6 +33,8 @@ from bnc.batchrenorm import (
     batch_renorm_backward,
     batch_renorm_forward,
 )
+from bnc import compat
+from bnc.embedding import extension_kwargs, get_include, get_library_dir
 from bnc.fold import Folded, fold_batch_norm
 from bnc.groupnorm import (
     GroupNormSaved,
@@ -98,6 +102,10 @@ __all__ = [
     "set_num_threads",
     "num_threads",
     "openmp_enabled",
+    "get_include",
+    "get_library_dir",
+    "extension_kwargs",
+    "compat",
     "layers",
     "__version__",
 ]
