@@ -14,7 +14,14 @@ Usage (from the repository root)::
 Ops: layer_norm, layer_norm_backward, rms_norm, rms_norm_backward,
 batch_renorm, batch_renorm_backward (PyTorch has no batch renorm: its
 column is batch norm's kernel, the cost batch renorm is compared against),
-and group_norm, group_norm_backward when bnc has them. See bench/README.md.
+group_norm, group_norm_backward when bnc has them, and the fused batch norm
+y = relu(bn(x) + r) (training) as bn_relu_res (NCHW) and bn_relu_res_nhwc,
+with their _backward. For the fused ops the "np" column is bnc unfused:
+bnc's batch norm composed with NumPy (forward: np.add and np.maximum with
+out=; backward: the mask dy * (y > 0) into a buffer, then bnc's batch norm
+backward; dz is the residual's gradient); the torch column is
+torch.relu(F.batch_norm(x) + r) and its autograd backward (the graph kept,
+grads reset per call). See bench/README.md.
 """
 
 import argparse
@@ -34,9 +41,11 @@ FULL = [
     ("rms_norm", (64, 197, 768)), ("rms_norm", (8192, 1024)),
     ("batch_renorm", (32, 64, 56, 56)), ("batch_renorm", (256, 1024)),
     ("group_norm", (32, 64, 56, 56)), ("group_norm", (8, 256, 14, 14)),
+    ("bn_relu_res", (32, 64, 56, 56)), ("bn_relu_res_nhwc", (32, 56, 56, 64)),
 ]
 QUICK = [("layer_norm", (64, 197, 768)), ("rms_norm", (64, 197, 768)),
-         ("batch_renorm", (32, 64, 56, 56)), ("group_norm", (32, 64, 56, 56))]
+         ("batch_renorm", (32, 64, 56, 56)), ("group_norm", (32, 64, 56, 56)),
+         ("bn_relu_res", (32, 64, 56, 56)), ("bn_relu_res_nhwc", (32, 56, 56, 64))]
 GROUPS = 32
 
 
@@ -50,7 +59,7 @@ def setup(op, shape, dtype, rng):
     """The inputs of one case: x, dy and the parameters, bnc's own dtypes."""
     x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    if op in ("layer_norm", "rms_norm"):
+    if op in ("layer_norm", "rms_norm", "bn_relu_res_nhwc"):
         n = shape[-1]
     else:
         n = shape[1]
@@ -159,6 +168,55 @@ def make(bnc, torch, op, x, dy, w, b, thr):
         if torch is not None:
             tx, tw, tb = t(x), t(w), t(b)
             fwd["torch"] = lambda: F.group_norm(tx, GROUPS, tw, tb, EPS).numpy()
+    elif op.startswith("bn_relu_res"):
+        if not hasattr(bnc, "ResidualGrads"):
+            return None, None
+        ax = -1 if op.endswith("nhwc") else 1
+        r = (dy[::-1] * 0.5).copy()  # the residual: another array like x
+        y, saved = bnc.batch_norm_forward(x, w, b, channel_axis=ax, activation="relu",
+                                          residual=r, n_threads=thr)
+        fwd["bnc"] = lambda: bnc.batch_norm_forward(x, w, b, channel_axis=ax,
+                                                    activation="relu", residual=r,
+                                                    n_threads=thr)[0]
+        bwd["bnc"] = lambda: bnc.batch_norm_backward(
+            dy, x, w, saved, channel_axis=ax, activation="relu", y=y, residual=True,
+            n_threads=thr).grad_input
+
+        def unfused_fwd():
+            u = bnc.batch_norm_forward(x, w, b, channel_axis=ax, n_threads=thr)[0]
+            np.add(u, r, out=u)
+            return np.maximum(u, 0, out=u)
+
+        mask, dz = np.empty(x.shape, bool), np.empty_like(x)
+
+        def unfused_bwd():
+            np.greater(y, 0, out=mask)
+            np.multiply(dy, mask, out=dz)  # dz: also the residual's gradient
+            return bnc.batch_norm_backward(dz, x, w, saved, channel_axis=ax,
+                                           n_threads=thr).grad_input
+        fwd["numpy"], bwd["numpy"] = unfused_fwd, unfused_bwd
+        if torch is not None:
+            def tt(a):  # NCHW view (channels_last memory for NHWC arrays)
+                v = torch.from_numpy(a)
+                return v.permute(0, 3, 1, 2) if ax == -1 else v
+            tx, tr, tdy, tw, tb = tt(x), tt(r), tt(dy), t(w), t(b)
+            fwd["torch"] = lambda: torch.relu(F.batch_norm(tx, None, None, tw, tb, True)
+                                              + tr).numpy()
+            leaves = [tx.detach().requires_grad_(True), tr.detach().requires_grad_(True),
+                      tw.detach().requires_grad_(True), tb.detach().requires_grad_(True)]
+            yt = torch.relu(F.batch_norm(leaves[0], None, None, leaves[2], leaves[3], True)
+                            + leaves[1])
+
+            def torch_bwd():
+                for v in leaves:
+                    v.grad = None
+                yt.backward(tdy, retain_graph=True)
+                g = leaves[0].grad
+                return (g.permute(0, 2, 3, 1) if ax == -1 else g).numpy()
+            bwd["torch"] = torch_bwd
+            if ax == -1:  # torch's NCHW results, compared in x's layout
+                fwd["torch"] = lambda: torch.relu(
+                    F.batch_norm(tx, None, None, tw, tb, True) + tr).permute(0, 2, 3, 1).numpy()
     return fwd, bwd
 
 

@@ -266,36 +266,31 @@ static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
 }
 #endif
 
-/* The fused backward's elementwise pass over a run: dz = relu_grad(dy, y)
- * (y NULL: dz = dy), dx = run_grad(dz), dr = dz when dr is given. dz is
- * staged in L1, in chunks: the pass reads dy, y, x once and writes dx, dr once. */
-static void F(run_grad_dz)(const T *dy, const T *y, const T *x, T *dx, T *dr, int64_t n,
-                           P mu, P a, P g, P s)
+/* The elementwise pass of the fused backward with a ReLU and no residual
+ * gradient to keep dz in, over a run: dz = relu_grad(dy, y), staged in L1 in
+ * chunks, then dx = run_grad(dz). */
+static void F(run_grad_relu)(const T *dy, const T *y, const T *x, T *dx, int64_t n, P mu,
+                             P a, P g, P s)
 {
     T z[BNC_STAGE];
     for (int64_t o = 0; o < n; o += BNC_STAGE) {
         int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-        const T *zp = dy + o;
-        if (y) {
-            for (int64_t i = 0; i < m; i++)
-                z[i] = F(relu_grad)(dy[o + i], y[o + i]);
-            zp = z;
-        }
-        F(run_grad)(zp, x + o, dx + o, m, mu, a, g, s);
-        if (dr)
-            memcpy(dr + o, zp, sizeof(T) * (size_t)m);
+        for (int64_t i = 0; i < m; i++)
+            z[i] = F(relu_grad)(dy[o + i], y[o + i]);
+        F(run_grad)(z, x + o, dx + o, m, mu, a, g, s);
     }
 }
 
-/* zb = relu_grad(dy, y) over `rows` runs of n elements (dy runs gs apart, y
- * runs ys apart), stored densely: one block of the slab layout, at most
- * BNC_BLOCK elements, which the reductions then read as they would dy. */
+/* z = relu_grad(dy, y) over `rows` runs of n elements (dy, y and z runs gs,
+ * ys and zs apart): one block of the slab layout, which the reductions then
+ * read as they would dy (z: the residual's gradient, or a dense buffer of
+ * BNC_BLOCK elements). */
 static void F(relu_block)(const T *dy, int64_t gs, const T *y, int64_t ys, int64_t rows,
-                          int64_t n, T *restrict zb)
+                          int64_t n, T *restrict z, int64_t zs)
 {
-    for (int64_t r = 0; r < rows; r++, dy += gs, y += ys, zb += n)
+    for (int64_t r = 0; r < rows; r++, dy += gs, y += ys, z += zs)
         for (int64_t i = 0; i < n; i++)
-            zb[i] = F(relu_grad)(dy[i], y[i]);
+            z[i] = F(relu_grad)(dy[i], y[i]);
 }
 
 /* dst[j] = src[j % C] for j < L (L a multiple of C): per-channel values
@@ -668,9 +663,10 @@ static inline T F(dz)(const T *g, const T *y, int mode)
 /* Slab: part[0..1] for (c, j). Interleaved: part is [3][C] (sums, mean).
  * With write_in_reduce, dx = dy * ca is written in the same pass.
  * mode: 0 batch norm; the fused backward: 1 with dz = dy (residual only),
- * 2 with dz masked by the ReLU (read from y); with write_in_reduce, modes 1
- * and 2 also write dres = dz. The reductions read dz as the unfused kernel
- * reads dy (the same values in the same order: the same bits). */
+ * 2 with dz masked by the ReLU (read from y). Modes 1 and 2 write dres = dz
+ * here when it is given: the elementwise pass then reads dz from it, not dy
+ * and y again. The reductions read dz as the unfused kernel reads dy (the
+ * same values in the same order: the same bits). */
 static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j, double *part,
                                                const int mode)
 {
@@ -682,7 +678,7 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
         const T *xc = k->x + c * k->xs.channel, *dyc = k->dy + c * k->dys.channel;
         const T *yc = mode == 2 ? k->yact + c * k->yas.channel : NULL;
         T *dxc = k->write_in_reduce ? k->out + c * k->os.channel : NULL;
-        T *drc = mode && k->write_in_reduce && k->dres ? k->dres + c * k->drs.channel : NULL;
+        T *drc = mode && k->dres ? k->dres + c * k->drs.channel : NULL;
         double ldy[BNC_LANES] = {0}, ldyx[BNC_LANES] = {0}, m = (double)k->mean_in[c];
         P scale = k->write_in_reduce ? k->ca[c] : (P)0;
         T zb[BNC_BLOCK]; /* dz of a block (mode 2; optimized away otherwise) */
@@ -691,11 +687,17 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
             int64_t gs = k->dys.outer;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             g = dyc + r0 * gs + i0;
-            if (mode == 2) {
+            if (mode == 2) { /* dz into dres, or a buffer */
+                T *z = drc ? drc + r0 * k->drs.outer + i0 : zb;
+                int64_t zs = drc ? k->drs.outer : i1 - i0;
                 F(relu_block)(g, gs, yc + r0 * k->yas.outer + i0, k->yas.outer, r1 - r0,
-                              i1 - i0, zb);
-                g = zb;
-                gs = i1 - i0;
+                              i1 - i0, z, zs);
+                g = z;
+                gs = zs;
+            } else if (mode && drc) {
+                for (int64_t r = r0; r < r1; r++)
+                    memcpy(drc + r * k->drs.outer + i0, g + (r - r0) * gs,
+                           sizeof(T) * (size_t)(i1 - i0));
             }
             F(run_sum)(g, r1 - r0, gs, i1 - i0, 0.0, ldy);
             F(run_dot)(g, gs, xc + r0 * k->xs.outer + i0, k->xs.outer, r1 - r0, i1 - i0, m,
@@ -704,10 +706,6 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
                 for (int64_t r = r0; r < r1; r++)
                     F(run_scale)(g + (r - r0) * gs, dxc + r * k->os.outer + i0, i1 - i0,
                                  scale);
-            if (mode && drc)
-                for (int64_t r = r0; r < r1; r++)
-                    memcpy(drc + r * k->drs.outer + i0, g + (r - r0) * gs,
-                           sizeof(T) * (size_t)(i1 - i0));
         }
         part[0] = bnc_lanes_sum(ldy);
         part[1] = bnc_lanes_sum(ldyx);
@@ -760,11 +758,14 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
                 T *restrict dxr = k->out + r * k->os.outer;
                 for (int64_t ch = 0; ch < C; ch++)
                     dxr[ch * k->os.channel] = STORE(LOAD(F(dz)(dyr + ch, yr + ch, mode)) * k->ca[ch]);
-                if (mode && k->dres) {
-                    T *restrict drr = k->dres + r * k->drs.outer;
-                    for (int64_t ch = 0; ch < C; ch++)
-                        drr[ch * k->drs.channel] = F(dz)(dyr + ch, yr + ch, mode);
-                }
+            }
+        if (mode && k->dres) /* the rows again, from cache */
+            for (r = r0; r < r1; r++) {
+                const T *restrict dyr = k->dy + r * go;
+                const T *yr = mode == 2 ? k->yact + r * yo : dyr;
+                T *restrict drr = k->dres + r * k->drs.outer;
+                for (int64_t ch = 0; ch < C; ch++)
+                    drr[ch * k->drs.channel] = F(dz)(dyr + ch, yr + ch, mode);
             }
     }
 }
@@ -923,8 +924,9 @@ BNC_HOT static void F(apply_fused)(void *vctx, int64_t c0, int64_t c1, int64_t r
 }
 
 /* Backward through batch statistics over a span:
- * dx = ((dz - ca) - (x - cm) * cg) * cb, dz = dy (mode 0, 1) or dy masked by
- * the ReLU (mode 2); modes 1 and 2 also write dres = dz when it is given. */
+ * dx = ((dz - ca) - (x - cm) * cg) * cb; mode 0: dz = dy; the fused
+ * backward: 1, dz read from dres (written by the reduction pass); 2, dz =
+ * dy masked by the ReLU read from y (no dres to keep it in). */
 static BNC_ALWAYS_INLINE void F(apply_grad_t)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
                                               int64_t r1, int64_t i0, int64_t i1,
                                               const int mode)
@@ -933,6 +935,8 @@ static BNC_ALWAYS_INLINE void F(apply_grad_t)(void *vctx, int64_t c0, int64_t c1
     const P *restrict m = k->cm, *restrict a = k->ca, *restrict g = k->cg,
             *restrict s = k->cb;
     const int64_t dc = k->os.channel;
+    const T *gsrc = mode == 1 ? k->dres : k->dy; /* dz */
+    const bnc_strides_t gst = mode == 1 ? k->drs : k->dys;
     if (!mode && k->packed && c0 == 0 && c1 == k->plan.channels) {
         /* few channels, whole dense rows: one run, coefficients repeated */
         const int64_t C = c1, L = bnc_pack_lanes(C, r1 - r0), len = (r1 - r0) * C;
@@ -953,32 +957,23 @@ static BNC_ALWAYS_INLINE void F(apply_grad_t)(void *vctx, int64_t c0, int64_t c1
     }
     for (int64_t r = r0; r < r1; r++) {
         const T *restrict xr = k->x + r * k->xs.outer;
-        const T *restrict dyr = k->dy + r * k->dys.outer;
-        const T *yr = mode == 2 ? k->yact + r * k->yas.outer : NULL;
+        const T *restrict dyr = gsrc + r * gst.outer;
+        const T *yr = mode == 2 ? k->yact + r * k->yas.outer : dyr;
         T *restrict dxr = k->out + r * k->os.outer;
-        T *drr = mode && k->dres ? k->dres + r * k->drs.outer : NULL;
-        if (mode && k->plan.interleaved) {
-            /* y's channels are unit-strided in this layout */
-            const T *yq = yr ? yr : dyr;
+        if (mode == 2 && !k->plan.interleaved) {
             for (int64_t c = c0; c < c1; c++)
-                dxr[c * dc] = STORE(((LOAD(F(dz)(dyr + c, yq + c, mode)) - a[c]) -
-                                     (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
-            if (drr) /* the row again, from L1 */
-                for (int64_t c = c0; c < c1; c++)
-                    drr[c * k->drs.channel] = F(dz)(dyr + c, yq + c, mode);
-        } else if (mode) {
-            for (int64_t c = c0; c < c1; c++)
-                F(run_grad_dz)(dyr + c * k->dys.channel + i0,
-                               yr ? yr + c * k->yas.channel + i0 : NULL,
-                               xr + c * k->xs.channel + i0, dxr + c * dc + i0,
-                               drr ? drr + c * k->drs.channel + i0 : NULL, i1 - i0, m[c],
-                               a[c], g[c], s[c]);
+                F(run_grad_relu)(dyr + c * gst.channel + i0, yr + c * k->yas.channel + i0,
+                                 xr + c * k->xs.channel + i0, dxr + c * dc + i0, i1 - i0,
+                                 m[c], a[c], g[c], s[c]);
         } else if (k->plan.interleaved) {
+            /* dy's and y's channels are unit-strided in this layout, dres's any */
+            const int64_t gc = mode == 1 ? gst.channel : 1;
             for (int64_t c = c0; c < c1; c++)
-                dxr[c * dc] = STORE(((LOAD(dyr[c]) - a[c]) - (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
+                dxr[c * dc] = STORE(((LOAD(F(dz)(dyr + c * gc, yr + c, mode)) - a[c]) -
+                                     (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
         } else {
             for (int64_t c = c0; c < c1; c++)
-                F(run_grad)(dyr + c * k->dys.channel + i0, xr + c * k->xs.channel + i0,
+                F(run_grad)(dyr + c * gst.channel + i0, xr + c * k->xs.channel + i0,
                             dxr + c * dc + i0, i1 - i0, m[c], a[c], g[c], s[c]);
         }
     }
@@ -989,8 +984,8 @@ BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0
 {
     F(apply_grad_t)(vctx, c0, c1, r0, r1, i0, i1, 0);
 }
-BNC_HOT static void F(apply_grad_res)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
-                                      int64_t r1, int64_t i0, int64_t i1)
+BNC_HOT static void F(apply_grad_dres)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                       int64_t r1, int64_t i0, int64_t i1)
 {
     F(apply_grad_t)(vctx, c0, c1, r0, r1, i0, i1, 1);
 }
@@ -1222,7 +1217,8 @@ static int F(grad_setup)(F(ctx_t) *k, bnc_dims_t d, const T *dy, bnc_strides_t d
 /* Every backward kernel: through the batch statistics (train) or with the
  * statistics held constant, where dx = dz * weight * invstd is written in the
  * single reduction pass. dz = dy, or dy masked by the ReLU whose output is y
- * (relu); dres (if given) receives dz in the pass that writes dx. A ReLU
+ * (relu); dres (if given) receives dz in the reduction pass, and the
+ * elementwise pass reads dz back from it (two arrays, not dy and y). A ReLU
  * needs y; dres needs dx. The fused kernels leave the packed few-channel
  * layout out (packed = 0): their interleaved passes run row by row. */
 static int F(bwd_fused)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *y,
@@ -1232,11 +1228,12 @@ static int F(bwd_fused)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys,
                         int n_threads)
 {
     F(ctx_t) k = {0};
-    const int mode = relu ? 2 : dres ? 1 : 0;
+    const int mode = relu ? 2 : dres ? 1 : 0, amode = dres ? 1 : relu ? 2 : 0;
     void (*const reduce[3])(void *, int64_t, int64_t, double *) = {
         F(reduce_grad), F(reduce_grad_res), F(reduce_grad_relu)};
+    /* the elementwise pass: from dy, from dres, from dy and y */
     void (*const apply[3])(void *, int64_t, int64_t, int64_t, int64_t, int64_t,
-                           int64_t) = {F(apply_grad), F(apply_grad_res), F(apply_grad_relu)};
+                           int64_t) = {F(apply_grad), F(apply_grad_dres), F(apply_grad_relu)};
     int st = F(grad_setup)(&k, d, dy, dys, x, xs, mean, invstd, n_threads);
     if (st)
         return st;
@@ -1262,7 +1259,7 @@ static int F(bwd_fused)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys,
         for (int64_t c = 0; c < d.channels; c++)
             k.ca[c] = (P)((weight ? (double)weight[c] : 1.0) * (double)invstd[c]);
     }
-    st = F(sweep)(&k, 2, 3, reduce[mode], F(finalize_grad), dx && train ? apply[mode] : NULL,
+    st = F(sweep)(&k, 2, 3, reduce[mode], F(finalize_grad), dx && train ? apply[amode] : NULL,
                   n_threads);
     free(k.ca);
     return st;
