@@ -4,6 +4,10 @@ OpenMP is probed with the compiler that builds the extension: if a tiny
 OpenMP program compiles and links, the kernels are built with -fopenmp;
 otherwise (or with BNC_DISABLE_OPENMP=1) they are built serially and a
 warning says so.
+
+BNC_SANITIZE=1 builds the extension with AddressSanitizer and
+UndefinedBehaviorSanitizer (gcc or clang), for the sanitizer CI job: Python
+must then run with the ASan runtime preloaded (see .ci/sanitize).
 """
 import os
 import sys
@@ -22,6 +26,9 @@ C_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c")
 C_HEADERS = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").rglob("*.h"))
 BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-function"]
 OPENMP_FLAGS = {"unix": ["-fopenmp"], "msvc": ["/openmp"]}
+# UB aborts at its first report instead of printing and going on
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-omit-frame-pointer", "-O1", "-g"]
 
 _PROBE = textwrap.dedent("""
     #include <omp.h>
@@ -62,9 +69,15 @@ class BuildExt(build_ext):
             warnings.warn("bnc: the compiler has no usable OpenMP: building the serial "
                           "kernels (every call runs on one thread)")
         print(f"bnc: OpenMP {'enabled' if use_omp else 'disabled'}", file=sys.stderr)
+        san = []
+        if os.environ.get("BNC_SANITIZE", "") not in ("", "0"):
+            if ctype != "unix":
+                raise RuntimeError("BNC_SANITIZE needs gcc or clang")
+            san = SANITIZE_FLAGS
+            print("bnc: building with ASan + UBSan", file=sys.stderr)
         for ext in self.extensions:
-            ext.extra_compile_args = flags + (omp if use_omp else [])
-            ext.extra_link_args = omp if use_omp else []
+            ext.extra_compile_args = flags + (omp if use_omp else []) + san
+            ext.extra_link_args = (omp if use_omp else []) + san[:2]
         super().build_extensions()
 
 

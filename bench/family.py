@@ -14,14 +14,17 @@ Usage (from the repository root)::
 Ops: layer_norm, layer_norm_backward, rms_norm, rms_norm_backward,
 batch_renorm, batch_renorm_backward (PyTorch has no batch renorm: its
 column is batch norm's kernel, the cost batch renorm is compared against),
-group_norm, group_norm_backward when bnc has them, and the fused batch norm
-y = relu(bn(x) + r) (training) as bn_relu_res (NCHW) and bn_relu_res_nhwc,
-with their _backward. For the fused ops the "np" column is bnc unfused:
-bnc's batch norm composed with NumPy (forward: np.add and np.maximum with
-out=; backward: the mask dy * (y > 0) into a buffer, then bnc's batch norm
-backward; dz is the residual's gradient); the torch column is
-torch.relu(F.batch_norm(x) + r) and its autograd backward (the graph kept,
-grads reset per call). See bench/README.md.
+group_norm, group_norm_backward, instance_norm, instance_norm_backward when
+bnc has them, and bn_relu_res, bn_relu_res_backward: the fused batch norm
+y = relu(bn(x) + r) (training). Group and instance norm and bn_relu_res run
+channels first (NCHW) and channels last (NHWC: the array is (N, H, W, C),
+channel_axis=-1; torch gets the channels_last view of the same memory). For
+bn_relu_res the "np" column is bnc unfused: bnc's batch norm composed with
+NumPy (forward: np.add and np.maximum with out=; backward: the mask
+dy * (y > 0) into a buffer, then bnc's batch norm backward; dz is the
+residual's gradient); the torch column is torch.relu(F.batch_norm(x) + r)
+and its autograd backward (the graph kept, grads reset per call). See
+bench/README.md.
 """
 
 import argparse
@@ -41,11 +44,15 @@ FULL = [
     ("rms_norm", (64, 197, 768)), ("rms_norm", (8192, 1024)),
     ("batch_renorm", (32, 64, 56, 56)), ("batch_renorm", (256, 1024)),
     ("group_norm", (32, 64, 56, 56)), ("group_norm", (8, 256, 14, 14)),
-    ("bn_relu_res", (32, 64, 56, 56)), ("bn_relu_res_nhwc", (32, 56, 56, 64)),
+    ("group_norm", (32, 64, 56, 56), "nhwc"), ("group_norm", (8, 256, 14, 14), "nhwc"),
+    ("instance_norm", (32, 64, 56, 56)), ("instance_norm", (8, 256, 14, 14)),
+    ("instance_norm", (32, 64, 56, 56), "nhwc"), ("instance_norm", (8, 256, 14, 14), "nhwc"),
+    ("bn_relu_res", (32, 64, 56, 56)), ("bn_relu_res", (32, 64, 56, 56), "nhwc"),
 ]
 QUICK = [("layer_norm", (64, 197, 768)), ("rms_norm", (64, 197, 768)),
          ("batch_renorm", (32, 64, 56, 56)), ("group_norm", (32, 64, 56, 56)),
-         ("bn_relu_res", (32, 64, 56, 56)), ("bn_relu_res_nhwc", (32, 56, 56, 64))]
+         ("instance_norm", (32, 64, 56, 56), "nhwc"), ("bn_relu_res", (32, 64, 56, 56)),
+         ("bn_relu_res", (32, 64, 56, 56), "nhwc")]
 GROUPS = 32
 
 
@@ -55,11 +62,14 @@ def rel_diff(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-def setup(op, shape, dtype, rng):
-    """The inputs of one case: x, dy and the parameters, bnc's own dtypes."""
+def setup(op, shape, dtype, rng, layout="nchw"):
+    """The inputs of one case: x, dy and the parameters, bnc's own dtypes.
+    layout "nhwc": x and dy are (N, *spatial, C) arrays; shape stays NCHW."""
     x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    if op in ("layer_norm", "rms_norm", "bn_relu_res_nhwc"):
+    if layout == "nhwc":
+        x, dy = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, dy))
+    if op in ("layer_norm", "rms_norm"):
         n = shape[-1]
     else:
         n = shape[1]
@@ -68,8 +78,9 @@ def setup(op, shape, dtype, rng):
     return x, dy, w, b
 
 
-def make(bnc, torch, op, x, dy, w, b, thr):
+def make(bnc, torch, op, x, dy, w, b, thr, layout="nchw"):
     """{library: callable} for the forward and the backward of op."""
+    ax = -1 if layout == "nhwc" else 1
     F = torch.nn.functional if torch is not None else None
     t = (lambda a: torch.from_numpy(a)) if torch is not None else None
     fwd, bwd = {}, {}
@@ -151,27 +162,69 @@ def make(bnc, torch, op, x, dy, w, b, thr):
     elif op == "group_norm":
         if not hasattr(bnc, "group_norm_forward"):
             return None, None
-        y, saved = bnc.group_norm_forward(x, GROUPS, w, b, n_threads=thr)
-        fwd["bnc"] = lambda: bnc.group_norm_forward(x, GROUPS, w, b, n_threads=thr)[0]
-        bwd["bnc"] = lambda: bnc.group_norm_backward(dy, x, GROUPS, w, saved,
+        y, saved = bnc.group_norm_forward(x, GROUPS, w, b, channel_axis=ax, n_threads=thr)
+        fwd["bnc"] = lambda: bnc.group_norm_forward(x, GROUPS, w, b, channel_axis=ax,
+                                                    n_threads=thr)[0]
+        bwd["bnc"] = lambda: bnc.group_norm_backward(dy, x, GROUPS, w, saved, channel_axis=ax,
                                                      n_threads=thr)[0]
         bs = [1] * x.ndim
-        bs[1] = -1
+        bs[ax] = -1
 
         def np_fwd():
-            g = x.reshape(x.shape[0], GROUPS, -1)
-            m = g.mean(-1, keepdims=True)
-            v = g.var(-1, keepdims=True)
+            # channels last: groups are (N, HW, G, C/G) slices; the usual code
+            # reduces over every axis but the sample's and the group's
+            if ax == 1:
+                g, red = x.reshape(x.shape[0], GROUPS, -1), (-1,)
+            else:
+                g, red = x.reshape(x.shape[0], -1, GROUPS, x.shape[-1] // GROUPS), (1, 3)
+            m = g.mean(red, keepdims=True)
+            v = g.var(red, keepdims=True)
             return ((g - m) / np.sqrt(v + EPS)).reshape(x.shape) * w.reshape(bs) \
                 + b.reshape(bs)
         fwd["numpy"] = np_fwd
         if torch is not None:
-            tx, tw, tb = t(x), t(w), t(b)
-            fwd["torch"] = lambda: F.group_norm(tx, GROUPS, tw, tb, EPS).numpy()
-    elif op.startswith("bn_relu_res"):
+            tx, tw, tb = _torch_view(t, x, ax), t(w), t(b)
+            fwd["torch"] = lambda: _numpy_view(F.group_norm(tx, GROUPS, tw, tb, EPS), ax)
+    elif op == "instance_norm":
+        if not hasattr(bnc, "instance_norm_forward"):
+            return None, None
+        y, saved = bnc.instance_norm_forward(x, w, b, channel_axis=ax, n_threads=thr)
+        fwd["bnc"] = lambda: bnc.instance_norm_forward(x, w, b, channel_axis=ax,
+                                                       n_threads=thr)[0]
+        bwd["bnc"] = lambda: bnc.instance_norm_backward(dy, x, w, saved, channel_axis=ax,
+                                                        n_threads=thr)[0]
+        red = tuple(range(2, x.ndim)) if ax == 1 else tuple(range(1, x.ndim - 1))
+        bs = [1] * x.ndim
+        bs[ax] = -1
+        wb, bb = w.reshape(bs), b.reshape(bs)
+
+        def np_fwd():
+            m = x.mean(red, keepdims=True)
+            v = x.var(red, keepdims=True)
+            return (x - m) / np.sqrt(v + EPS) * wb + bb
+
+        def np_bwd():
+            m = x.mean(red, keepdims=True)
+            inv = 1 / np.sqrt(x.var(red, keepdims=True) + EPS)
+            xh = (x - m) * inv
+            g = dy * wb
+            return inv * (g - g.mean(red, keepdims=True)
+                          - xh * (g * xh).mean(red, keepdims=True))
+        fwd["numpy"], bwd["numpy"] = np_fwd, np_bwd
+        if torch is not None:
+            tx, tdy = _torch_view(t, x, ax), _torch_view(t, dy, ax)
+            tw, tb = t(w), t(b)
+            fwd["torch"] = lambda: _numpy_view(F.instance_norm(tx, None, None, tw, tb, True,
+                                                               0.1, EPS), ax)
+
+            def torch_bwd():  # a composite op (batch norm inside): autograd
+                xr = tx.detach().requires_grad_(True)
+                F.instance_norm(xr, None, None, tw, tb, True, 0.1, EPS).backward(tdy)
+                return _numpy_view(xr.grad, ax)
+            bwd["torch"] = torch_bwd
+    elif op == "bn_relu_res":
         if not hasattr(bnc, "ResidualGrads"):
             return None, None
-        ax = -1 if op.endswith("nhwc") else 1
         r = (dy[::-1] * 0.5).copy()  # the residual: another array like x
         y, saved = bnc.batch_norm_forward(x, w, b, channel_axis=ax, activation="relu",
                                           residual=r, n_threads=thr)
@@ -196,14 +249,11 @@ def make(bnc, torch, op, x, dy, w, b, thr):
                                            n_threads=thr).grad_input
         fwd["numpy"], bwd["numpy"] = unfused_fwd, unfused_bwd
         if torch is not None:
-            def tt(a):  # NCHW view (channels_last memory for NHWC arrays)
-                v = torch.from_numpy(a)
-                return v.permute(0, 3, 1, 2) if ax == -1 else v
-            tx, tr, tdy, tw, tb = tt(x), tt(r), tt(dy), t(w), t(b)
-            fwd["torch"] = lambda: torch.relu(F.batch_norm(tx, None, None, tw, tb, True)
-                                              + tr).numpy()
-            leaves = [tx.detach().requires_grad_(True), tr.detach().requires_grad_(True),
-                      tw.detach().requires_grad_(True), tb.detach().requires_grad_(True)]
+            tx, tr, tdy = (_torch_view(t, a, ax) for a in (x, r, dy))
+            tw, tb = t(w), t(b)
+            fwd["torch"] = lambda: _numpy_view(
+                torch.relu(F.batch_norm(tx, None, None, tw, tb, True) + tr), ax)
+            leaves = [v.detach().requires_grad_(True) for v in (tx, tr, tw, tb)]
             yt = torch.relu(F.batch_norm(leaves[0], None, None, leaves[2], leaves[3], True)
                             + leaves[1])
 
@@ -211,13 +261,21 @@ def make(bnc, torch, op, x, dy, w, b, thr):
                 for v in leaves:
                     v.grad = None
                 yt.backward(tdy, retain_graph=True)
-                g = leaves[0].grad
-                return (g.permute(0, 2, 3, 1) if ax == -1 else g).numpy()
+                return _numpy_view(leaves[0].grad, ax)
             bwd["torch"] = torch_bwd
-            if ax == -1:  # torch's NCHW results, compared in x's layout
-                fwd["torch"] = lambda: torch.relu(
-                    F.batch_norm(tx, None, None, tw, tb, True) + tr).permute(0, 2, 3, 1).numpy()
     return fwd, bwd
+
+
+def _torch_view(t, a, ax):
+    """torch view of a NumPy array: channels last (ax=-1) as the logical NCHW
+    tensor in torch's channels_last memory format (same memory)."""
+    v = t(a)
+    return v if ax == 1 else v.permute(0, v.dim() - 1, *range(1, v.dim() - 1))
+
+
+def _numpy_view(v, ax):
+    """A torch result as a NumPy array in bnc's layout (the inverse of _torch_view)."""
+    return v.numpy() if ax == 1 else v.permute(0, *range(2, v.dim()), 1).numpy()
 
 
 def main(argv=None):
@@ -243,29 +301,31 @@ def main(argv=None):
     print(f"bnc {bnc.__version__}; numpy {np.__version__}; torch {torch_info}")
     print("times in ms (median, min); vs: their median / bnc median; diff: max |other - bnc|"
           " / max |bnc| of the forward")
-    head = (f"{'op':22s} {'shape':16s} {'thr':>3s} {'bnc med':>9s} {'min':>8s} "
+    head = (f"{'op':22s} {'shape':18s} {'thr':>3s} {'bnc med':>9s} {'min':>8s} "
             f"{'np med':>9s} {'torch med':>9s} {'vs np':>7s} {'vs torch':>8s} {'diff':>8s}")
     print(head)
     print("-" * len(head))
     rng = np.random.default_rng(0)
     status = 0
-    for op, shape in cases:
-        x, dy, w, b = setup(op, shape, np.float32, rng)
+    for op, shape, *lay in cases:
+        layout = lay[0] if lay else "nchw"
+        label = "x".join(map(str, shape)) + (" nhwc" if layout == "nhwc" else "")
+        x, dy, w, b = setup(op, shape, np.float32, rng, layout)
         for i, thr in enumerate(threads):
             prev = torch.get_num_threads() if torch is not None else None
             if torch is not None:
                 torch.set_num_threads(thr)
             try:
-                fwd, bwd = make(bnc, torch, op, x, dy, w, b, thr)
+                fwd, bwd = make(bnc, torch, op, x, dy, w, b, thr, layout)
                 if fwd is None:
-                    print(f"{op:22s} {'x'.join(map(str, shape)):16s} not in this bnc")
+                    print(f"{op:22s} {label:18s} not in this bnc")
                     break
                 for name, fns in ((op, fwd), (op + "_backward", bwd)):
                     if args.ops and name not in args.ops.split(","):
                         continue
                     if not fns:
                         continue
-                    if i > 0 and not op.startswith("bn_relu_res"):
+                    if i > 0 and op != "bn_relu_res":  # (bnc unfused: threaded)
                         fns.pop("numpy", None)   # single-threaded: timed once
                     res = time_calls(fns, repeats, budget)
                     st = {k: v[0] for k, v in res.items()}
@@ -284,7 +344,7 @@ def main(argv=None):
 
                     def vs(k):
                         return f"{st[k]['median_ms'] / bm:.2f}x" if k in st else "-"
-                    print(f"{name:22s} {'x'.join(map(str, shape)):16s} {thr:3d} "
+                    print(f"{name:22s} {label:18s} {thr:3d} "
                           f"{fmt_ms(bm):>9s} {fmt_ms(st['bnc']['min_ms']):>8s} "
                           f"{col('numpy'):>9s} {col('torch'):>9s} {vs('numpy'):>7s} "
                           f"{vs('torch'):>8s} "

@@ -4,7 +4,8 @@ Functional API (see API.md): batch_norm, batch_norm_forward, batch_norm_backward
 batch_norm_stats, combine_stats, update_running_stats, batch_renorm,
 batch_renorm_forward, batch_renorm_backward, layer_norm, layer_norm_forward,
 layer_norm_backward, rms_norm, rms_norm_forward, rms_norm_backward, group_norm,
-group_norm_forward, group_norm_backward, fold_batch_norm; thread control:
+group_norm_forward, group_norm_backward, instance_norm, instance_norm_forward,
+instance_norm_backward, fold_batch_norm; thread control:
 get_num_threads, set_num_threads, num_threads, openmp_enabled.
 `bnc.reference` holds readable float64 NumPy twins of the kernels' ops.
 """
@@ -34,6 +35,12 @@ from bnc.groupnorm import (
     group_norm,
     group_norm_backward,
     group_norm_forward,
+)
+from bnc.instancenorm import (
+    InstanceNormSaved,
+    instance_norm,
+    instance_norm_backward,
+    instance_norm_forward,
 )
 from bnc.layernorm import (
     LayerNormSaved,
@@ -78,6 +85,10 @@ __all__ = [
     "group_norm",
     "group_norm_forward",
     "group_norm_backward",
+    "InstanceNormSaved",
+    "instance_norm",
+    "instance_norm_forward",
+    "instance_norm_backward",
     "Folded",
     "fold_batch_norm",
     "get_num_threads",

@@ -58,6 +58,8 @@ def _usable_cores():
 def _count_back(n, name):
     if n == 0:
         raise ValueError(f"{name} must be a non-zero integer, got 0")
+    if n > INT_MAX:  # the C core takes an int (and runs at most BNC_MAX_TEAM)
+        raise ValueError(f"{name} must be at most {INT_MAX}, got {n}")
     if n < 0:
         return max(1, _usable_cores() + 1 + n)
     return n
@@ -203,9 +205,28 @@ def check_eps(eps):
     return e
 
 
+def axis_index(v, ndim, name):
+    """v (an integer of any size, negative counting from the end) as an axis
+    index in [0, ndim); TypeError or AxisError (a ValueError) naming `name`."""
+    n = _as_int(v, name)
+    if not -ndim <= n < ndim:  # before any C conversion: 2**70 is out of range too
+        raise np.exceptions.AxisError(n, ndim, name)
+    return normalize_axis_index(n, ndim, name)
+
+
 cdef int _axis(object channel_axis, int ndim) except -1:
-    return normalize_axis_index(_as_int(channel_axis, "channel_axis"), ndim,
-                                "channel_axis")
+    return axis_index(channel_axis, ndim, "channel_axis")
+
+
+def real_vector(v, name, C):
+    """v as a C-contiguous float64 array of shape (C,): TypeError naming `name`
+    if its values are not real numbers (complex, strings, objects)."""
+    a = np.asarray(v)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},), got {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 def check_input(x, channel_axis, bint training):
@@ -1063,13 +1084,12 @@ def batch_norm_backward_elemt(grad_out, x, weight, mean, invstd, sum_dy, sum_dy_
     invstd = _param(invstd, "invstd", C, x.dtype)
     if mean is None or invstd is None:
         raise ValueError("mean and invstd are required")
-    sum_dy = np.ascontiguousarray(sum_dy, dtype=np.float64)
-    sum_dy_xhat = np.ascontiguousarray(sum_dy_xhat, dtype=np.float64)
-    if sum_dy.shape != (C,) or sum_dy_xhat.shape != (C,):
-        raise ValueError(f"sum_dy and sum_dy_xhat must have shape ({C},)")
-    cdef int64_t n = _as_int(count, "count")
-    if n < 1:
-        raise ValueError(f"count must be >= 1, got {n}")
+    sum_dy = real_vector(sum_dy, "sum_dy", C)
+    sum_dy_xhat = real_vector(sum_dy_xhat, "sum_dy_xhat", C)
+    count = _as_int(count, "count")
+    if not 1 <= count <= INT64_MAX:
+        raise ValueError(f"count must be >= 1 (and fit in 64 bits), got {count}")
+    cdef int64_t n = count
     cdef int nt = _threads(n_threads)
     if out is not None:
         _check_out(out, x, "out")

@@ -1,6 +1,8 @@
-# _groupnorm.pxi - group norm bindings, included at the end of _core.pyx after
-# _layernorm.pxi (it uses that file's _ln_param / _ln_out and _core's
-# validation helpers and thread resolution).
+# _groupnorm.pxi - group norm and instance norm bindings, included at the end
+# of _core.pyx after _layernorm.pxi (it uses that file's _ln_param / _ln_out
+# and _core's validation helpers and thread resolution). Instance norm is
+# group norm with G = C: the same code below, other C entry points (which
+# also save the variance and have a backward for constant statistics).
 #
 # The C kernels take x C-contiguous as (N, C, HW) (channel_axis=1) or
 # (N, HW, C) (channel_axis=-1): channels-last data is used as it is, never
@@ -14,24 +16,31 @@ cdef extern from "bnc/bnc.h" nogil:
     int bnc_groupnorm_fwd_f16(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const bnc_f16_t *x, const float *weight, const float *bias, double eps, bnc_f16_t *y, float *save_mean, float *save_invstd, int n_threads)
     int bnc_groupnorm_bwd_f16(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const bnc_f16_t *dy, const bnc_f16_t *x, const float *weight, const float *mean, const float *invstd, bnc_f16_t *dx, float *dweight, float *dbias, int n_threads)
     int bnc_groupnorm_bwd_f64(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last, const double *dy, const double *x, const double *weight, const double *mean, const double *invstd, double *dx, double *dweight, double *dbias, int n_threads)
+    int bnc_instancenorm_fwd_f32(int64_t N, int64_t C, int64_t HW, int channels_last, const float *x, const float *weight, const float *bias, double eps, float *y, float *save_mean, float *save_invstd, float *save_var, int n_threads)
+    int bnc_instancenorm_fwd_f64(int64_t N, int64_t C, int64_t HW, int channels_last, const double *x, const double *weight, const double *bias, double eps, double *y, double *save_mean, double *save_invstd, double *save_var, int n_threads)
+    int bnc_instancenorm_fwd_f16(int64_t N, int64_t C, int64_t HW, int channels_last, const bnc_f16_t *x, const float *weight, const float *bias, double eps, bnc_f16_t *y, float *save_mean, float *save_invstd, float *save_var, int n_threads)
+    int bnc_instancenorm_bwd_f32(int64_t N, int64_t C, int64_t HW, int channels_last, const float *dy, const float *x, const float *weight, const float *mean, const float *invstd, int input_stats, float *dx, float *dweight, float *dbias, int n_threads)
+    int bnc_instancenorm_bwd_f64(int64_t N, int64_t C, int64_t HW, int channels_last, const double *dy, const double *x, const double *weight, const double *mean, const double *invstd, int input_stats, double *dx, double *dweight, double *dbias, int n_threads)
+    int bnc_instancenorm_bwd_f16(int64_t N, int64_t C, int64_t HW, int channels_last, const bnc_f16_t *dy, const bnc_f16_t *x, const float *weight, const float *mean, const float *invstd, int input_stats, bnc_f16_t *dx, float *dweight, float *dbias, int n_threads)
 
 
 cdef tuple _gn_dims(object x, object num_groups, object channel_axis):
     """(N, C, HW, G, channels_last) for x, validating x's rank, channel_axis
     (1 or -1, i.e. first after the batch axis or last) and num_groups
-    (dividing C)."""
+    (dividing C; None: instance norm, G = C)."""
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
     cdef int nd = x.ndim
-    cdef int ax = normalize_axis_index(_as_int(channel_axis, "channel_axis"), nd,
-                                       "channel_axis")
+    cdef int ax = axis_index(channel_axis, nd, "channel_axis")
     if ax != 1 and ax != nd - 1:
         raise ValueError(f"channel_axis must be 1 (channels first) or -1 (channels last), "
                          f"got {channel_axis} for a {nd}-d x")
+    C = x.shape[ax]
+    if num_groups is None:
+        num_groups = C
     if isinstance(num_groups, (bool, np.bool_)) or not isinstance(num_groups, (int, np.integer)):
         raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
     G = int(num_groups)
-    C = x.shape[ax]
     if G < 1:
         raise ValueError(f"num_groups must be >= 1, got {G}")
     if C % G:
@@ -47,8 +56,29 @@ def group_norm_forward_raw(x, num_groups, weight, bias, channel_axis, eps, out, 
     """Kernel behind bnc.group_norm_forward: returns (y, mean, invstd), the
     statistics of shape (N, num_groups). Everything is validated before
     anything is written."""
+    return _gn_forward(x, num_groups, weight, bias, channel_axis, eps, out, n_threads)[:3]
+
+
+def instance_norm_dims(x, channel_axis):
+    """x as a float ndarray and (N, C, HW) of instance norm, validated as
+    the kernels do (TypeError/ValueError naming x or channel_axis)."""
+    x = _ln_input(x, "x")
+    N, C, HW, _, _ = _gn_dims(x, None, channel_axis)
+    return x, N, C, HW
+
+
+def instance_norm_forward_raw(x, weight, bias, channel_axis, eps, out, n_threads):
+    """Kernel behind bnc.instance_norm_forward with statistics from x: returns
+    (y, mean, invstd, var), the statistics of shape (N, C), var biased."""
+    return _gn_forward(x, None, weight, bias, channel_axis, eps, out, n_threads)
+
+
+cdef tuple _gn_forward(x, num_groups, weight, bias, channel_axis, eps, out, n_threads):
+    """Group norm (num_groups given) or instance norm (None: G = C, and the
+    variance is returned too): (y, mean, invstd, var or None)."""
     x = _ln_input(x, "x")
     N, C, HW, G, cl = _gn_dims(x, num_groups, channel_axis)
+    cdef bint inst = num_groups is None
     xdt = x.dtype
     cdef double e = check_eps(eps)
     weight = _ln_param(weight, "weight", (C,), xdt)
@@ -64,6 +94,7 @@ def group_norm_forward_raw(x, num_groups, weight, bias, channel_axis, eps, out, 
     sdt = stat_dtype(xdt)
     mean = np.empty((N, G), sdt)
     invstd = np.empty((N, G), sdt)
+    var = np.empty((N, G), sdt) if inst else None
     cdef int64_t n = N, c = C, hw = HW, g = G
     cdef int icl = cl
     cdef void *px = _ptr(xc)
@@ -72,10 +103,24 @@ def group_norm_forward_raw(x, num_groups, weight, bias, channel_axis, eps, out, 
     cdef void *py = _ptr(y)
     cdef void *pm = _ptr(mean)
     cdef void *pi = _ptr(invstd)
+    cdef void *pv = _ptr_or_null(var)
     cdef int st
     cdef int isz = xdt.itemsize
     with nogil:
-        if isz == 2:
+        if inst:
+            if isz == 2:
+                st = bnc_instancenorm_fwd_f16(n, c, hw, icl, <bnc_f16_t *>px, <float *>pw,
+                                              <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
+                                              <float *>pi, <float *>pv, nt)
+            elif isz == 8:
+                st = bnc_instancenorm_fwd_f64(n, c, hw, icl, <double *>px, <double *>pw,
+                                              <double *>pb, e, <double *>py, <double *>pm,
+                                              <double *>pi, <double *>pv, nt)
+            else:
+                st = bnc_instancenorm_fwd_f32(n, c, hw, icl, <float *>px, <float *>pw,
+                                              <float *>pb, e, <float *>py, <float *>pm,
+                                              <float *>pi, <float *>pv, nt)
+        elif isz == 2:
             st = bnc_groupnorm_fwd_f16(n, c, hw, g, icl, <bnc_f16_t *>px, <float *>pw,
                                        <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
                                        <float *>pi, nt)
@@ -91,13 +136,28 @@ def group_norm_forward_raw(x, num_groups, weight, bias, channel_axis, eps, out, 
     if out is not None and y is not out:
         np.copyto(out, y)
         y = out
-    return y, mean, invstd
+    return y, mean, invstd, var
 
 
 def group_norm_backward_raw(grad_out, x, num_groups, weight, mean, invstd, channel_axis,
                             out, n_threads):
     """Kernel behind bnc.group_norm_backward: returns (dx, dweight, dbias);
     dweight and dbias (shape (C,)) are always computed."""
+    return _gn_backward(grad_out, x, num_groups, weight, mean, invstd, True, channel_axis,
+                        out, n_threads)
+
+
+def instance_norm_backward_raw(grad_out, x, weight, mean, invstd, bint input_stats,
+                               channel_axis, out, n_threads):
+    """Kernel behind bnc.instance_norm_backward: (dx, dweight, dbias);
+    input_stats=False: mean and invstd (N, C) were constants."""
+    return _gn_backward(grad_out, x, None, weight, mean, invstd, input_stats, channel_axis,
+                        out, n_threads)
+
+
+cdef tuple _gn_backward(grad_out, x, num_groups, weight, mean, invstd, bint input_stats,
+                        channel_axis, out, n_threads):
+    """Group norm (num_groups given) or instance norm (None) backward."""
     x = _ln_input(x, "x")
     dy = _ln_input(grad_out, "grad_out")
     xdt = x.dtype
@@ -106,6 +166,7 @@ def group_norm_backward_raw(grad_out, x, num_groups, weight, mean, invstd, chann
     if dy.shape != x.shape:
         raise ValueError(f"grad_out must have the shape of x {x.shape}, got {dy.shape}")
     N, C, HW, G, cl = _gn_dims(x, num_groups, channel_axis)
+    cdef bint inst = num_groups is None
     weight = _ln_param(weight, "weight", (C,), xdt)
     mean = _ln_param(mean, "saved.mean", (N, G), xdt)
     invstd = _ln_param(invstd, "saved.invstd", (N, G), xdt)
@@ -124,6 +185,7 @@ def group_norm_backward_raw(grad_out, x, num_groups, weight, mean, invstd, chann
     dbias = np.empty((C,), sdt)
     cdef int64_t n = N, c = C, hw = HW, g = G
     cdef int icl = cl
+    cdef int ist = input_stats
     cdef void *px = _ptr(xc)
     cdef void *pdy = _ptr(dyc)
     cdef void *pw = _ptr_or_null(weight)
@@ -135,7 +197,20 @@ def group_norm_backward_raw(grad_out, x, num_groups, weight, mean, invstd, chann
     cdef int st
     cdef int isz = xdt.itemsize
     with nogil:
-        if isz == 2:
+        if inst:
+            if isz == 2:
+                st = bnc_instancenorm_bwd_f16(n, c, hw, icl, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                              <float *>pw, <float *>pm, <float *>pi, ist,
+                                              <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
+            elif isz == 8:
+                st = bnc_instancenorm_bwd_f64(n, c, hw, icl, <double *>pdy, <double *>px,
+                                              <double *>pw, <double *>pm, <double *>pi, ist,
+                                              <double *>pdx, <double *>pdw, <double *>pdb, nt)
+            else:
+                st = bnc_instancenorm_bwd_f32(n, c, hw, icl, <float *>pdy, <float *>px,
+                                              <float *>pw, <float *>pm, <float *>pi, ist,
+                                              <float *>pdx, <float *>pdw, <float *>pdb, nt)
+        elif isz == 2:
             st = bnc_groupnorm_bwd_f16(n, c, hw, g, icl, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
                                        <float *>pw, <float *>pm, <float *>pi,
                                        <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)

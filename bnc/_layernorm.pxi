@@ -57,7 +57,7 @@ cdef object _ln_param(object v, str name, tuple shape, object xdt):
 
 def layer_norm_check_axis(x_shape, axis):
     """axis (first normalized axis) as an index in [0, ndim)."""
-    return normalize_axis_index(_as_int(axis, "axis"), len(x_shape), "axis")
+    return axis_index(axis, len(x_shape), "axis")
 
 
 cdef object _ln_out(object out, object x, list inputs):

@@ -288,6 +288,9 @@ def update_running_stats(running_mean, running_var, mean, var, count, *,
     """
     mean = np.asarray(mean)
     var = np.asarray(var)
+    for a, name in ((mean, "mean"), (var, "var")):
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
     if mean.ndim != 1 or var.shape != mean.shape:
         raise ValueError(f"mean and var must have the same shape (C,), got {mean.shape} "
                          f"and {var.shape}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import numpy as np
-from numpy.lib.array_utils import normalize_axis_index
 from numpy.typing import ArrayLike
 
 from bnc import _core
@@ -161,8 +160,7 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], running_mean: 
     ((3, 3, 16, 32), (32,))
     """
     w = _layer_weight(weight)
-    axis = normalize_axis_index(_core.as_int(out_channel_axis, "out_channel_axis"), w.ndim,
-                                "out_channel_axis")
+    axis = _core.axis_index(out_channel_axis, w.ndim, "out_channel_axis")
     n_out = w.shape[axis]
     b = _per_channel(bias, "bias", n_out, axis)
     rm = _per_channel(running_mean, "running_mean", n_out, axis)

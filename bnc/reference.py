@@ -914,3 +914,95 @@ def group_norm_backward(grad_out, x, num_groups: int, weight, saved, *,
                    - xhat * (g * xhat).mean(axis=(2, 3), keepdims=True))
     return Grads(_gn_back(dx, shape, ax), (dyg * xhat).sum(axis=(0, 3)).reshape(-1),
                  dyg.sum(axis=(0, 3)).reshape(-1))
+
+
+# ---------------------------------------------------------------------------
+# instance norm
+
+__all__ += ["InstanceNormSaved", "instance_norm", "instance_norm_forward",
+            "instance_norm_backward"]
+
+
+class InstanceNormSaved(NamedTuple):
+    """mean, invstd = 1/sqrt(var + eps) and var per (n, c), shape (N, C), float64."""
+
+    mean: np.ndarray
+    invstd: np.ndarray
+    var: np.ndarray
+
+
+def _in_view(x, channel_axis: int):
+    """x as (N, C, S) channels first (S: the spatial positions), and a function
+    mapping such an array back to x's layout."""
+    ax = _channel_axis(x.ndim, channel_axis)
+    xf = np.moveaxis(x, ax, 1)
+    shape = xf.shape
+    return xf.reshape(shape[0], shape[1], -1), lambda v: np.moveaxis(v.reshape(shape), 1, ax)
+
+
+def instance_norm_forward(x, weight=None, bias=None, *, mean=None, var=None,
+                          eps: float = 1e-5, channel_axis: int = 1):
+    """y = (x - mean) * invstd * weight[c] + bias[c]. Without mean/var: mean
+    and biased variance per (n, c) over the spatial positions; with them
+    (shape (C,)): those for every n. Returns (y, InstanceNormSaved), (N, C)."""
+    x3, back = _in_view(_as_f64(x), channel_axis)
+    N, C, _ = x3.shape
+    if mean is None:
+        m = x3.mean(axis=2)
+        v = ((x3 - m[:, :, None]) ** 2).mean(axis=2)
+    else:
+        m = np.tile(_as_f64(mean).reshape(C), (N, 1))
+        v = np.tile(_as_f64(var).reshape(C), (N, 1))
+    invstd = 1.0 / np.sqrt(v + eps)
+    w = _affine(weight, C, 1.0)[:, None]
+    b = _affine(bias, C, 0.0)[:, None]
+    y = (x3 - m[:, :, None]) * invstd[:, :, None] * w + b
+    return back(y), InstanceNormSaved(m, invstd, v)
+
+
+def instance_norm_backward(grad_out, x, weight, saved, *, use_input_stats: bool = True,
+                           channel_axis: int = 1):
+    """(grad_input, grad_weight, grad_bias) of instance norm, as Grads.
+
+    xhat = (x - mean) * invstd, g = dy * weight[c]; per (n, c) over the
+    spatial positions: use_input_stats=True:
+    dx = invstd * (g - mean(g) - xhat * mean(g * xhat)); False (constant
+    statistics): dx = g * invstd. grad_weight[c] = sum over n and positions
+    of dy * xhat, grad_bias[c] = sum of dy.
+    """
+    x3, back = _in_view(_as_f64(x), channel_axis)
+    dy3 = _in_view(_as_f64(grad_out), channel_axis)[0]
+    N, C, _ = x3.shape
+    mean = _as_f64(saved[0]).reshape(N, C, 1)
+    invstd = _as_f64(saved[1]).reshape(N, C, 1)
+    xhat = (x3 - mean) * invstd
+    g = dy3 * _affine(weight, C, 1.0)[:, None]
+    if use_input_stats:
+        dx = invstd * (g - g.mean(axis=2, keepdims=True)
+                       - xhat * (g * xhat).mean(axis=2, keepdims=True))
+    else:
+        dx = g * invstd
+    return Grads(back(dx), (dy3 * xhat).sum(axis=(0, 2)), dy3.sum(axis=(0, 2)))
+
+
+def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
+                  use_input_stats: bool = True, momentum: Optional[float] = 0.1,
+                  eps: float = 1e-5, channel_axis: int = 1, num_batches_tracked=None):
+    """Instance norm as torch.nn.functional.instance_norm; returns y (float64).
+
+    use_input_stats=True with running statistics updates them in place:
+    rm = (1-m)*rm + m*mean_n(mean[n, c]),
+    rv = (1-m)*rv + m*mean_n(var[n, c] * S/(S-1)) (S spatial positions);
+    momentum=None: m = 1/num_batches_tracked after its increment.
+    use_input_stats=False normalizes with the running statistics.
+    """
+    if not use_input_stats:
+        return instance_norm_forward(x, weight, bias, mean=running_mean, var=running_var,
+                                     eps=eps, channel_axis=channel_axis)[0]
+    y, s = instance_norm_forward(x, weight, bias, eps=eps, channel_axis=channel_axis)
+    if running_mean is not None:
+        S = _as_f64(x).size // (s.mean.size)
+        update_running_stats(running_mean, running_var, s.mean.mean(axis=0),
+                             s.var.mean(axis=0), S, momentum=momentum,
+                             num_batches_tracked=num_batches_tracked)
+    return y

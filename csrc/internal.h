@@ -27,6 +27,21 @@
 #define BNC_SERIAL_BELOW 32768  /* fewer elements than this: no parallel region */
 #define BNC_SCRATCH (1 << 21)   /* doubles of chunk partials, unless C alone needs more */
 #define BNC_WIDTH_MAX 6         /* the widest partial, in doubles per channel */
+#define BNC_MAX_TEAM 256        /* most threads of one call (any n_threads above: this) */
+
+/* The threads a call runs on: n_threads, but no more than its work items (a
+ * thread without one would idle) nor BNC_MAX_TEAM (a team of a million
+ * threads would fail to start), and 1 for small work. Results do not depend
+ * on it. */
+static inline int bnc_team(int n_threads, int64_t items, int64_t elements)
+{
+    int64_t nt = elements < BNC_SERIAL_BELOW ? 1 : n_threads;
+    if (nt > items)
+        nt = items;
+    if (nt > BNC_MAX_TEAM)
+        nt = BNC_MAX_TEAM;
+    return nt < 1 ? 1 : (int)nt;
+}
 
 /* Hot loops are compiled for several vector ISAs and picked at load time
  * (GCC's target_clones on x86-64 Linux). The loops fix their summation order

@@ -120,7 +120,8 @@ int bnc_sweep_run(const bnc_sweep_t *s, int n_threads)
     const int64_t items = p->interleaved ? k : C * k;
     const int64_t slot = p->interleaved ? (int64_t)s->width * C : s->width;
     double *parts = NULL;
-    int nt = total < BNC_SERIAL_BELOW ? 1 : n_threads;
+    /* every thread has elementwise work, whatever the reduction items */
+    int nt = bnc_team(n_threads, total, total);
 
     if (s->width > 0) {
         parts = malloc(sizeof(double) * (size_t)(items * slot));

@@ -528,3 +528,48 @@ def test_nonfinite_backward(use_batch_stats):
     else:
         assert np.isnan(gi[2, 4, 1, 1]) and np.sum(np.isnan(gi)) == 1
     assert np.all(np.isfinite(np.delete(gi, 4, axis=1)))
+
+
+# ---------------------------------------------------------------------------
+# findings of the property tests and the fuzzer (fuzz/fuzz_api.py): each was
+# an OverflowError, a ComplexWarning or a silent cast instead of an error
+# naming the argument
+
+
+@pytest.mark.parametrize("bad", [2**70, -2**70, 2**63])
+def test_huge_axes_name_the_argument(bad):
+    x = np.ones((4, 3, 5), np.float32)
+    calls = {
+        "channel_axis": lambda: bnc.batch_norm(x, training=True, channel_axis=bad),
+        "axis": lambda: bnc.layer_norm(x, axis=bad),
+        "out_channel_axis": lambda: bnc.fold_batch_norm(
+            x, None, np.zeros(4), np.ones(4), out_channel_axis=bad),
+    }
+    for name, call in calls.items():
+        with pytest.raises(np.exceptions.AxisError, match=name):
+            call()
+    with pytest.raises(np.exceptions.AxisError, match="channel_axis"):
+        bnc.group_norm(x, 3, channel_axis=bad)
+
+
+def test_huge_count_names_the_argument():
+    x = np.ones((4, 3, 5), np.float32)
+    s = bnc.batch_norm_forward(x)[1]
+    sums = np.zeros(3)
+    for bad in (2**63, 2**70):
+        with pytest.raises(ValueError, match="count"):
+            bnc.batch_norm_backward_elemt(x, x, None, s.mean, s.invstd, sums, sums, bad)
+
+
+def test_complex_statistics_are_refused():
+    x = np.ones((4, 3, 5), np.float32)
+    s = bnc.batch_norm_forward(x)[1]
+    z = np.zeros(3, np.complex128)
+    with pytest.raises(TypeError, match="sum_dy must hold real numbers"):
+        bnc.batch_norm_backward_elemt(x, x, None, s.mean, s.invstd, z, np.zeros(3), 20)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    for kw in ({"mean": z}, {"var": z}):
+        args = {"mean": np.zeros(3), "var": np.ones(3), **kw}
+        with pytest.raises(TypeError, match="must hold real numbers"):
+            bnc.update_running_stats(rm, rv, args["mean"], args["var"], 20)
+        assert not rm.any() and (rv == 1).all()

@@ -1,9 +1,12 @@
-"""ONNX BatchNormalization conformance cases (shared/conformance/onnx).
+"""ONNX BatchNormalization and InstanceNormalization conformance cases
+(shared/conformance/onnx).
 
 Mapping (see shared/conformance/README.md): epsilon -> eps; ONNX momentum
 weighs the old running value -> bnc's decay=; ONNX's running variance is the
 biased one -> correction=0; training_mode=1 outputs (Y, running_mean,
-running_var), all compared. Expected values are float32.
+running_var), all compared. InstanceNormalization (inputs x, scale, B):
+epsilon -> eps, scale/B -> weight/bias, statistics per (n, c) as
+bnc.instance_norm with use_input_stats=True. Expected values are float32.
 """
 
 import json
@@ -83,3 +86,29 @@ def test_batchnorm_case_channels_last(entry):
     np.testing.assert_allclose(np.moveaxis(y, -1, 1), outputs[0], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(running_mean, outputs[1], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(running_var, outputs[2], rtol=RTOL, atol=ATOL)
+
+
+IN_CASES = [e for e in json.loads(INDEX.read_text()) if e["op_type"] == "InstanceNormalization"]
+
+
+def test_instancenorm_cases_found():
+    assert len(IN_CASES) >= 3
+
+
+@pytest.mark.parametrize("entry", IN_CASES, ids=[e["case"] for e in IN_CASES])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_instancenorm_case(entry, layout):
+    attrs, meta, inputs, outputs = _load(entry)
+    x, scale, bias = inputs
+    copies = [a.copy() for a in inputs]
+    eps = float(attrs.get("epsilon", 1e-5))
+    want = outputs[0]
+    if layout == "nchw":
+        y = bnc.instance_norm(x, scale, bias, eps=eps)
+    else:  # the same case on a channels-last copy of x
+        y = np.moveaxis(bnc.instance_norm(np.ascontiguousarray(np.moveaxis(x, 1, -1)), scale,
+                                          bias, eps=eps, channel_axis=-1), -1, 1)
+    assert y.dtype == want.dtype and y.shape == want.shape
+    np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL, err_msg="y")
+    for a, c in zip(inputs, copies):
+        assert np.array_equal(a, c)

@@ -109,6 +109,40 @@ def test_negative_n_threads_counts_back(restore_threads):
         assert bnc.get_num_threads() == _cores() - 1
 
 
+def _family_ops(x, g, **kw):
+    """Layer, RMS and group norm and batch renorm once each (channels first)."""
+    C = x.shape[1]
+    w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+    y, s = bnc.layer_norm_forward(x, axis=1, **kw)
+    res = [y, *s, *bnc.layer_norm_backward(g, x, None, s, axis=1, **kw)]
+    y, s = bnc.rms_norm_forward(x, axis=2, **kw)
+    res += [y, *s, *bnc.rms_norm_backward(g, x, None, s, axis=2, **kw)]
+    y, s = bnc.group_norm_forward(x, 4, w, b, **kw)
+    res += [y, *s, *bnc.group_norm_backward(g, x, 4, w, s, **kw)]
+    y, s = bnc.batch_renorm_forward(x, w, b, np.zeros(C, np.float32), np.ones(C, np.float32),
+                                    rmax=2.0, dmax=1.0, **kw)
+    res += [y, *s, *bnc.batch_renorm_backward(g, x, w, s, **kw)]
+    return res
+
+
+def test_huge_thread_counts_are_capped():
+    """n_threads far above the cores runs at most BNC_MAX_TEAM threads (a team
+    of 100000 made libgomp crash), with the same bits; above INT_MAX it is a
+    ValueError naming the argument."""
+    x, g, params = _inputs((16, 64, 8, 8), 1, np.float32)
+    serial = _all_ops(x, g, params, 1, n_threads=1) + _family_ops(x, g, n_threads=1)
+    for n in (257, 100_000, 2**31 - 1):
+        got = _all_ops(x, g, params, 1, n_threads=n) + _family_ops(x, g, n_threads=n)
+        _assert_all_bit_equal(got, serial, f"n_threads={n}")
+    for n in (2**31, 2**40):
+        with pytest.raises(ValueError, match="n_threads must be at most"):
+            bnc.batch_norm(x, training=True, n_threads=n)
+        with pytest.raises(ValueError, match="n_threads must be at most"):
+            bnc.layer_norm(x, n_threads=n)
+        with pytest.raises(ValueError, match="n must be at most"):
+            bnc.set_num_threads(n)
+
+
 def test_concurrent_python_threads_match_serial():
     """8 Python threads calling bnc at once on different arrays: same bits as serial."""
     jobs = []

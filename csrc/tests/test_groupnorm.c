@@ -170,6 +170,55 @@ static void test_errors(void)
               BNC_ERR_NULL, "mean");
 }
 
+/* Instance norm is group norm with G = C: the same bits, plus the variance
+ * (checked against a double two-pass) and the constant-statistics backward
+ * dx = dy * w * invstd. */
+static void test_instancenorm(int cl)
+{
+    enum { N = 3, C = 5, HW = 70 };
+    static float x[N * C * HW], dy[N * C * HW], y[N * C * HW], yg[N * C * HW], dx[N * C * HW];
+    float w[C], b[C], m[N * C], s[N * C], v[N * C], mg[N * C], sg[N * C], dw[C], db[C];
+    shape_t d = {N, C, HW, C, cl};
+    for (int i = 0; i < N * C * HW; i++) {
+        x[i] = (float)(3.0 + 2.0 * urand());
+        dy[i] = (float)urand();
+    }
+    for (int c = 0; c < C; c++) {
+        w[c] = (float)(0.5 + urand());
+        b[c] = (float)urand();
+    }
+    CHECK(bnc_instancenorm_fwd_f32(N, C, HW, cl, x, w, b, 1e-5, y, m, s, v, 2) == BNC_OK,
+          "instancenorm fwd status");
+    CHECK(bnc_groupnorm_fwd_f32(N, C, HW, C, cl, x, w, b, 1e-5, yg, mg, sg, 1) == BNC_OK,
+          "groupnorm fwd status");
+    CHECK(!memcmp(y, yg, sizeof y) && !memcmp(m, mg, sizeof m) && !memcmp(s, sg, sizeof s),
+          "instance norm (cl=%d) differs from group norm with G = C", cl);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            double mu = 0, ss = 0;
+            for (int i = 0; i < HW; i++)
+                mu += x[at(d, n, c, i)];
+            mu /= HW;
+            for (int i = 0; i < HW; i++)
+                ss += (x[at(d, n, c, i)] - mu) * (x[at(d, n, c, i)] - mu);
+            CHECK(fabs(v[n * C + c] - ss / HW) <= 1e-5 * ss / HW, "cl=%d var(%d, %d)", cl, n,
+                  c);
+        }
+    CHECK(bnc_instancenorm_bwd_f32(N, C, HW, cl, dy, x, w, m, s, 0, dx, dw, db, 2) == BNC_OK,
+          "instancenorm bwd status");
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < HW; i++) {
+                int64_t j = at(d, n, c, i);
+                CHECK(dx[j] == (dy[j] * w[c]) * s[n * C + c], "cl=%d frozen dx", cl);
+            }
+    CHECK(bnc_instancenorm_fwd_f32(N, C, HW, cl, x, w, b, -1.0, y, m, s, v, 1) == BNC_ERR_EPS,
+          "instancenorm eps");
+    CHECK(bnc_instancenorm_bwd_f32(N, C, HW, cl, dy, x, w, NULL, s, 1, dx, dw, db, 1) ==
+              BNC_ERR_NULL,
+          "instancenorm NULL mean");
+}
+
 int main(void)
 {
     rng_state = 11;
@@ -178,6 +227,8 @@ int main(void)
         {1, 4, 5000, 2}, {5, 32, 81, 8}, {4, 64, 300, 32},
     };
     test_errors();
+    test_instancenorm(0);
+    test_instancenorm(1);
     for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
         for (int t = 0; t < 3; t++)
             for (int cl = 0; cl < 2; cl++) {

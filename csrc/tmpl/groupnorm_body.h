@@ -15,14 +15,19 @@
  * layer norm lane reductions (rowsums.h), then read again for the squared
  * deviations and the output while in cache. Work items are the N * G runs.
  * NHWC: work items are the N images; each is HW rows of C contiguous channels,
- * summed per channel in P for at most BNC_SUB rows, then into per-channel
- * doubles, and the Cg channel sums of a group added in channel order.
+ * reduced per channel block by block of rows while the block is in L1 (sum,
+ * then squared deviations from the block mean, in P), merged per channel in
+ * double (Chan et al.), and the Cg channels of a group merged in channel
+ * order. The backward sums per channel in P for at most BNC_SUB rows, then in
+ * double.
  * Items are split statically over threads and nothing is shared between
  * items, so results do not depend on n_threads. Backward: the per-(n, c) sums
  * of dy and dy * xhat go to an N x C x 2 array of doubles, and dweight/dbias
  * add them over n in order after the parallel region.
- * Scratch: backward 16 * N * C bytes; NHWC also C * (16 + 9 * sizeof(P))
- * bytes per thread.
+ * Instance norm is the case G = C (bnc_instancenorm_*: the same kernels, with
+ * the variance saved, and a backward for constant statistics).
+ * Scratch: backward 16 * N * C bytes; NHWC also C * (16 + 8 * sizeof(P))
+ * bytes and a block of rows (about 4096 P values) per thread.
  */
 
 #define F(name) BNC_CAT(name, BNC_CAT(_, SFX))
@@ -36,23 +41,38 @@ typedef struct {
     const P *weight, *bias, *mean, *invstd;
     double eps;
     T *y; /* the output, or dx in the backward */
-    P *save_mean, *save_invstd;
+    P *save_mean, *save_invstd, *save_var;
+    int frozen;     /* backward: mean and invstd are constants (instance norm's
+                       running statistics), dx = dy * weight * invstd */
     double *parts;  /* backward: N x C x 2 (sum dy, sum dy * xhat) */
     char *scratch;  /* NHWC: per-thread C-length arrays */
     size_t scratch_bytes;
 } F(gctx_t);
 
 /* Statistics of one group from its sums: mu = mean of (x - k), ss = sum of
- * squared deviations about (P)mu; returns (mean, invstd) as layer norm does. */
+ * squared deviations about (P)mu; returns (mean, biased var, invstd) as layer
+ * norm does. */
 static inline void F(gn_stats)(double mu, double ss, double n, P k, double eps,
-                               double *mean, double *invstd)
+                               double *mean, double *var, double *invstd)
 {
     double d = mu - (double)(P)mu;
-    double var = ss / n - d * d;
-    if (var < 0)
-        var = 0;
+    double v = ss / n - d * d;
+    if (v < 0)
+        v = 0;
     *mean = (double)k + mu;
-    *invstd = 1.0 / sqrt(var + eps);
+    *var = v;
+    *invstd = 1.0 / sqrt(v + eps);
+}
+
+/* Stores the statistics of item j (a (n, g) pair) where they are asked for. */
+static inline void F(gn_save)(const F(gctx_t) *k, int64_t j, P mean, double var, P invstd)
+{
+    if (k->save_mean)
+        k->save_mean[j] = mean;
+    if (k->save_invstd)
+        k->save_invstd[j] = invstd;
+    if (k->save_var)
+        k->save_var[j] = (P)var;
 }
 
 /* Staging (float16): runs are converted to P in chunks of GN_STAGE elements
@@ -84,17 +104,14 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
     T *y = k->y + j * L;
     P bx[GN_STAGE], by[GN_STAGE];
     double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
-    double mean, invstd;
+    double mean, var, invstd;
     const P kx = LOAD(x[0]);
     GN_CHUNKS(L) F(sum_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, a1);
     double mu = bnc_lanes_sum(a1) / (double)L;
     GN_CHUNKS(L) F(sqdev_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, (P)mu, a2);
-    F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &invstd);
+    F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &var, &invstd);
     const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
-    if (k->save_mean)
-        k->save_mean[j] = cm;
-    if (k->save_invstd)
-        k->save_invstd[j] = a;
+    F(gn_save)(k, j, cm, var, a);
     for (int64_t c = 0; c < k->Cg; c++) {
         const P w = k->weight ? k->weight[c0 + c] : (P)1, b = k->bias ? k->bias[c0 + c] : (P)0;
         GN_CHUNKS(HW) {
@@ -136,8 +153,12 @@ BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
         GN_CHUNKS(HW) {
             const P *xc = GN_IN(bx, x + c * HW + o, c_), *gc = GN_IN(bg, dy + c * HW + o, c_);
             P *dc = GN_OUT(bd, dx + o);
-            for (int64_t i = 0; i < c_; i++)
-                dc[i] = ((gc[i] * w - ca) - (xc[i] - m) * cg) * s;
+            if (k->frozen)
+                for (int64_t i = 0; i < c_; i++)
+                    dc[i] = (gc[i] * w) * s;
+            else
+                for (int64_t i = 0; i < c_; i++)
+                    dc[i] = ((gc[i] * w - ca) - (xc[i] - m) * cg) * s;
             GN_PUT(dx + o, bd, c_);
         }
     }
@@ -145,12 +166,33 @@ BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
 
 /* ---- NHWC ---- */
 
-/* Per-thread arrays of C elements. */
+/* The forward's statistics are taken block by block: a block is the rows
+ * [r0, r0 + rows) of an image, rows = F(gn_rows)(C) (about 4096 elements, so
+ * that it stays in L1, and 8 to 64 rows), depending only on C. Per channel,
+ * the block's sum of x - k and then its squared deviations from the block
+ * mean are taken in P while the block is in cache, and merged into the
+ * image's per-channel moments in double with Chan et al.'s formula: x is read
+ * from memory once for the statistics, once more for the output. */
+static inline int64_t F(gn_rows)(int64_t C)
+{
+    int64_t r = 4096 / C;
+    return r < 8 ? 8 : r > 64 ? 64 : r;
+}
+
+/* Per-thread arrays: C elements each, bx a block of rows (the float16 block
+ * in P, or a row of x in the elementwise passes). */
 typedef struct {
     double *d1, *d2;
     P *p1, *p2, *k, *m, *cl, *a;
-    P *bx, *bg, *bo; /* float16: a row of x, dy, the output in P */
+    P *bx, *bg, *bo; /* float16: x, dy, the output in P */
 } F(gscr_t);
+
+static size_t F(gn_scratch_bytes)(int64_t C)
+{
+    size_t b = (size_t)C * (2 * sizeof(double) + 8 * sizeof(P)) +
+               (size_t)(F(gn_rows)(C) * C) * sizeof(P);
+    return (b + 63) / 64 * 64;
+}
 
 static F(gscr_t) F(gn_scratch)(const F(gctx_t) *k, int64_t t)
 {
@@ -165,9 +207,9 @@ static F(gscr_t) F(gn_scratch)(const F(gctx_t) *k, int64_t t)
     r.m = r.k + C;
     r.cl = r.m + C;
     r.a = r.cl + C;
-    r.bx = r.a + C;
-    r.bg = r.bx + C;
+    r.bg = r.a + C;
     r.bo = r.bg + C;
+    r.bx = r.bo + C;
     return r;
 }
 
@@ -179,57 +221,114 @@ static inline void F(gn_flush)(double *restrict d, P *restrict p, int64_t n)
     }
 }
 
+/* Per channel c of `rows` rows of C (x[r * C + c]): s[c] = the sum of
+ * x - k[c], or with m: of ((x - k[c]) - m[c])^2, each channel summed in row
+ * order in P. Channels go NL at a time with the sums in registers (one load
+ * per element), then VL at a time, then one by one: the sum of a channel is
+ * the same whichever way it is taken. */
+BNC_HOT BNC_NOINLINE static void F(gn_cols)(const P *restrict x, int64_t rows, int64_t C,
+                                            const P *restrict kc, const P *restrict mc,
+                                            P *restrict s)
+{
+    int64_t c = 0;
+    for (; c + F(NL) <= C; c += F(NL)) {
+        const P *q = x + c;
+        const F(vec_t) k0 = BNC_VLOAD(kc + c), k1 = BNC_VLOAD(kc + c + F(VL)),
+                       k2 = BNC_VLOAD(kc + c + 2 * F(VL)), k3 = BNC_VLOAD(kc + c + 3 * F(VL));
+        F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+        if (!mc)
+            for (int64_t r = 0; r < rows; r++, q += C) {
+                f0 += BNC_VLOAD(q) - k0;
+                f1 += BNC_VLOAD(q + F(VL)) - k1;
+                f2 += BNC_VLOAD(q + 2 * F(VL)) - k2;
+                f3 += BNC_VLOAD(q + 3 * F(VL)) - k3;
+            }
+        else {
+            const F(vec_t) m0 = BNC_VLOAD(mc + c), m1 = BNC_VLOAD(mc + c + F(VL)),
+                           m2 = BNC_VLOAD(mc + c + 2 * F(VL)),
+                           m3 = BNC_VLOAD(mc + c + 3 * F(VL));
+            for (int64_t r = 0; r < rows; r++, q += C) {
+                F(vec_t) v0 = (BNC_VLOAD(q) - k0) - m0, v1 = (BNC_VLOAD(q + F(VL)) - k1) - m1;
+                F(vec_t) v2 = (BNC_VLOAD(q + 2 * F(VL)) - k2) - m2;
+                F(vec_t) v3 = (BNC_VLOAD(q + 3 * F(VL)) - k3) - m3;
+                f0 += v0 * v0;
+                f1 += v1 * v1;
+                f2 += v2 * v2;
+                f3 += v3 * v3;
+            }
+        }
+        memcpy(s + c, &f0, sizeof f0);
+        memcpy(s + c + F(VL), &f1, sizeof f1);
+        memcpy(s + c + 2 * F(VL), &f2, sizeof f2);
+        memcpy(s + c + 3 * F(VL), &f3, sizeof f3);
+    }
+    for (; c + F(VL) <= C; c += F(VL)) {
+        const P *q = x + c;
+        const F(vec_t) k0 = BNC_VLOAD(kc + c);
+        F(vec_t) f0 = {0};
+        if (!mc)
+            for (int64_t r = 0; r < rows; r++, q += C)
+                f0 += BNC_VLOAD(q) - k0;
+        else {
+            const F(vec_t) m0 = BNC_VLOAD(mc + c);
+            for (int64_t r = 0; r < rows; r++, q += C) {
+                F(vec_t) v0 = (BNC_VLOAD(q) - k0) - m0;
+                f0 += v0 * v0;
+            }
+        }
+        memcpy(s + c, &f0, sizeof f0);
+    }
+    const int64_t c0 = c;
+    for (; c < C; c++)
+        s[c] = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const P *restrict q = x + r * C;
+        for (c = c0; c < C; c++) {
+            P v = q[c] - kc[c];
+            if (mc)
+                v = (v - mc[c]) * (v - mc[c]);
+            s[c] += v;
+        }
+    }
+}
+
 BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
 {
-    const int64_t C = k->C, HW = k->HW, G = k->G, Cg = k->Cg;
+    const int64_t C = k->C, HW = k->HW, G = k->G, Cg = k->Cg, R = F(gn_rows)(C);
     const double L = (double)(Cg * HW);
     const T *x = k->x + n * HW * C;
     T *y = k->y + n * HW * C;
-    /* shift: each group's first value */
+    /* per channel: shift k = its first value; d1 = mean of x - k, d2 = M2 */
     for (int64_t c = 0; c < C; c++) {
-        r.k[c] = LOAD(x[c - c % Cg]);
+        r.k[c] = LOAD(x[c]);
         r.d1[c] = r.d2[c] = 0;
-        r.p1[c] = r.p2[c] = 0;
     }
-    for (int64_t i = 0; i < HW; i++) {
-        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
-        P *restrict p1 = r.p1;
-        const P *restrict kc = r.k;
+    for (int64_t r0 = 0; r0 < HW; r0 += R) {
+        const int64_t rows = HW - r0 < R ? HW - r0 : R;
+        const P *xb = GN_IN(r.bx, x + r0 * C, rows * C);
+        F(gn_cols)(xb, rows, C, r.k, NULL, r.p1);
         for (int64_t c = 0; c < C; c++)
-            p1[c] += xi[c] - kc[c];
-        if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1)
-            F(gn_flush)(r.d1, r.p1, C);
-    }
-    for (int64_t g = 0; g < G; g++) {
-        double sum = 0;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
-            sum += r.d1[c];
-        const P mp = (P)(sum / L);
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
-            r.m[c] = mp;
-        r.d1[g] = sum / L; /* mu of group g (c >= g: not read again) */
-    }
-    for (int64_t i = 0; i < HW; i++) {
-        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
-        P *restrict p2 = r.p2;
-        const P *restrict kc = r.k, *restrict mc = r.m;
-        for (int64_t c = 0; c < C; c++) {
-            P v = (xi[c] - kc[c]) - mc[c];
-            p2[c] += v * v;
+            r.m[c] = r.p1[c] / (P)rows;
+        F(gn_cols)(xb, rows, C, r.k, r.m, r.p2);
+        const double na = (double)r0, nb = (double)rows, nab = na + nb;
+        for (int64_t c = 0; c < C; c++) { /* Chan et al.: merge the block */
+            const double delta = (double)r.m[c] - r.d1[c];
+            r.d1[c] += delta * (nb / nab);
+            r.d2[c] += (double)r.p2[c] + delta * delta * (na * nb / nab);
         }
-        if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1)
-            F(gn_flush)(r.d2, r.p2, C);
     }
     for (int64_t g = 0; g < G; g++) {
-        double ss = 0, mean, invstd;
+        double mean = 0, m2 = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
-            ss += r.d2[c];
-        F(gn_stats)(r.d1[g], ss, L, r.k[g * Cg], k->eps, &mean, &invstd);
-        const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
-        if (k->save_mean)
-            k->save_mean[n * G + g] = cm;
-        if (k->save_invstd)
-            k->save_invstd[n * G + g] = a;
+            mean += (double)r.k[c] + r.d1[c];
+        mean /= (double)Cg;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+            const double d = ((double)r.k[c] + r.d1[c]) - mean;
+            m2 += r.d2[c] + (double)HW * d * d;
+        }
+        const double var = m2 / L;
+        const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)(1.0 / sqrt(var + k->eps));
+        F(gn_save)(k, n * G + g, cm, var, a);
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
             r.m[c] = cm;
             r.cl[c] = cl;
@@ -284,7 +383,9 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
             A += w * r.d1[c];
             B += w * r.d2[c];
         }
-        const P ca = (P)(A / L), cg = (P)((double)s * (double)s * B / L);
+        /* frozen: the statistics are constants, dx = (dy * w - 0) * s */
+        const P ca = k->frozen ? (P)0 : (P)(A / L);
+        const P cg = k->frozen ? (P)0 : (P)((double)s * (double)s * B / L);
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
             r.k[c] = k->weight ? k->weight[c] : (P)1; /* k: the weight */
             r.p1[c] = ca;
@@ -300,8 +401,12 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
     for (int64_t i = 0; i < HW; i++) {
         const P *xi = GN_IN(r.bx, x + i * C, C), *gi = GN_IN(r.bg, dy + i * C, C);
         P *di = GN_OUT(r.bo, dx + i * C); /* dx may be dy */
-        for (int64_t c = 0; c < C; c++)
-            di[c] = ((gi[c] * wc[c] - cac[c]) - (xi[c] - mc[c]) * cgc[c]) * sc[c];
+        if (k->frozen) /* (x - m) * 0 would turn an infinite x into NaN */
+            for (int64_t c = 0; c < C; c++)
+                di[c] = (gi[c] * wc[c]) * sc[c];
+        else
+            for (int64_t c = 0; c < C; c++)
+                di[c] = ((gi[c] * wc[c] - cac[c]) - (xi[c] - mc[c]) * cgc[c]) * sc[c];
         GN_PUT(dx + i * C, r.bo, C);
     }
 }
@@ -326,15 +431,9 @@ static void F(gn_thread)(const F(gctx_t) *k, int bwd, int64_t t, int64_t nt)
 
 static int F(gn_run)(F(gctx_t) *k, int bwd, int n_threads)
 {
-    const int64_t items = k->cl ? k->N : k->N * k->G;
-    int nt = k->N * k->C * k->HW < BNC_SERIAL_BELOW ? 1 : n_threads;
-    if (nt > items)
-        nt = (int)items;
-    if (nt < 1)
-        nt = 1;
+    int nt = bnc_team(n_threads, k->cl ? k->N : k->N * k->G, k->N * k->C * k->HW);
     if (k->cl) {
-        k->scratch_bytes = (size_t)k->C * (2 * sizeof(double) + 9 * sizeof(P));
-        k->scratch_bytes = (k->scratch_bytes + 63) / 64 * 64;
+        k->scratch_bytes = F(gn_scratch_bytes)(k->C);
         k->scratch = malloc(k->scratch_bytes * (size_t)nt);
         if (!k->scratch)
             return BNC_ERR_NOMEM;
@@ -372,9 +471,10 @@ static int F(gn_setup)(F(gctx_t) *k, int64_t N, int64_t C, int64_t HW, int64_t G
     return BNC_OK;
 }
 
-int F(bnc_groupnorm_fwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
+/* The forward behind group and instance norm (G = C, with the variance). */
+static int F(gn_forward)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
                          const T *x, const P *weight, const P *bias, double eps, T *y,
-                         P *save_mean, P *save_invstd, int n_threads)
+                         P *save_mean, P *save_invstd, P *save_var, int n_threads)
 {
     F(gctx_t) k = {0};
     int st = F(gn_setup)(&k, N, C, HW, G, channels_last, x, n_threads);
@@ -390,12 +490,15 @@ int F(bnc_groupnorm_fwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
     k.y = y;
     k.save_mean = save_mean;
     k.save_invstd = save_invstd;
+    k.save_var = save_var;
     return F(gn_run)(&k, 0, n_threads);
 }
 
-int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
-                         const T *dy, const T *x, const P *weight, const P *mean,
-                         const P *invstd, T *dx, P *dweight, P *dbias, int n_threads)
+/* The backward behind group and instance norm (frozen: constant statistics). */
+static int F(gn_backward)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
+                          const T *dy, const T *x, const P *weight, const P *mean,
+                          const P *invstd, int frozen, T *dx, P *dweight, P *dbias,
+                          int n_threads)
 {
     F(gctx_t) k = {0};
     int st = F(gn_setup)(&k, N, C, HW, G, channels_last, x, n_threads);
@@ -407,6 +510,7 @@ int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
     k.weight = weight;
     k.mean = mean;
     k.invstd = invstd;
+    k.frozen = frozen != 0;
     k.y = dx;
     k.parts = malloc(sizeof(double) * 2 * (size_t)(N * C));
     if (!k.parts)
@@ -426,6 +530,39 @@ int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
         }
     free(k.parts);
     return st;
+}
+
+int F(bnc_groupnorm_fwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
+                         const T *x, const P *weight, const P *bias, double eps, T *y,
+                         P *save_mean, P *save_invstd, int n_threads)
+{
+    return F(gn_forward)(N, C, HW, G, channels_last, x, weight, bias, eps, y, save_mean,
+                         save_invstd, NULL, n_threads);
+}
+
+int F(bnc_groupnorm_bwd)(int64_t N, int64_t C, int64_t HW, int64_t G, int channels_last,
+                         const T *dy, const T *x, const P *weight, const P *mean,
+                         const P *invstd, T *dx, P *dweight, P *dbias, int n_threads)
+{
+    return F(gn_backward)(N, C, HW, G, channels_last, dy, x, weight, mean, invstd, 0, dx,
+                          dweight, dbias, n_threads);
+}
+
+/* Instance norm is group norm with one channel per group. */
+int F(bnc_instancenorm_fwd)(int64_t N, int64_t C, int64_t HW, int channels_last, const T *x,
+                            const P *weight, const P *bias, double eps, T *y, P *save_mean,
+                            P *save_invstd, P *save_var, int n_threads)
+{
+    return F(gn_forward)(N, C, HW, C, channels_last, x, weight, bias, eps, y, save_mean,
+                         save_invstd, save_var, n_threads);
+}
+
+int F(bnc_instancenorm_bwd)(int64_t N, int64_t C, int64_t HW, int channels_last, const T *dy,
+                            const T *x, const P *weight, const P *mean, const P *invstd,
+                            int input_stats, T *dx, P *dweight, P *dbias, int n_threads)
+{
+    return F(gn_backward)(N, C, HW, C, channels_last, dy, x, weight, mean, invstd,
+                          !input_stats, dx, dweight, dbias, n_threads);
 }
 
 #undef GN_STAGE

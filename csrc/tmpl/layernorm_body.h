@@ -322,12 +322,7 @@ static void F(ln_thread)(const F(lctx_t) *k, int bwd, int64_t t, int64_t nt)
 
 static int F(ln_run)(F(lctx_t) *k, int bwd, int n_threads)
 {
-    int nt = k->rows * k->D < BNC_SERIAL_BELOW ? 1 : n_threads;
-    int64_t items = bwd ? k->nchunks : k->rows;
-    if (nt > items)
-        nt = (int)items;
-    if (nt < 1)
-        nt = 1;
+    int nt = bnc_team(n_threads, bwd ? k->nchunks : k->rows, k->rows * k->D);
 #ifdef _OPENMP
     if (nt > 1) {
         BNC_OMP(parallel num_threads(nt))

@@ -22,7 +22,8 @@
  * for _f64; reductions accumulate in double. Results are bit-for-bit the same
  * for any n_threads: work is split by shape only.
  *
- * Threads: n_threads >= 1 is an upper bound on OpenMP threads; small inputs run
+ * Threads: n_threads >= 1 is an upper bound on OpenMP threads (and at most 256
+ * run: a larger request is capped, as is one above the work items); small inputs run
  * serially. Without OpenMP the kernels are serial and n_threads is checked only.
  */
 #ifndef BNC_BNC_H
@@ -309,8 +310,8 @@ BNC_DECLARE_LAYERNORM(bnc_f16_t, float, f16)
  *     dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) over each group,
  *     dweight[c] = sum over n, i of dy * xhat, dbias[c] = sum of dy.
  * Work is split by (n, g) (NCHW) or n (NHWC); results do not depend on
- * n_threads. Scratch: backward 16 * N * C bytes; NHWC C * (16 + 9 *
- * sizeof(P)) bytes per thread.
+ * n_threads. Scratch: backward 16 * N * C bytes; NHWC C * (16 + 8 *
+ * sizeof(P)) bytes plus a block of rows (about 4096 P values) per thread.
  */
 #define BNC_DECLARE_GROUPNORM(T, P, SFX)                                      \
     int bnc_groupnorm_fwd_##SFX(int64_t N, int64_t C, int64_t HW, int64_t G,   \
@@ -327,6 +328,36 @@ BNC_DECLARE_LAYERNORM(bnc_f16_t, float, f16)
 BNC_DECLARE_GROUPNORM(float, float, f32)
 BNC_DECLARE_GROUPNORM(double, double, f64)
 BNC_DECLARE_GROUPNORM(bnc_f16_t, float, f16)
+
+/*
+ * Instance norm (PyTorch's instance_norm): group norm with one channel per
+ * group (G = C), the same layouts, dtypes, NULL rules and work split as the
+ * group norm kernels above, run by the same code. Statistics are per (n, c):
+ * save_mean, save_invstd, save_var, mean, invstd are P[N * C].
+ *
+ * bnc_instancenorm_fwd_SFX: y = (x - mean) * invstd * weight[c] + bias[c],
+ *     mean and biased variance over the HW positions of (n, c); save_var (may
+ *     be NULL) receives that variance, for a running-statistics update.
+ * bnc_instancenorm_bwd_SFX: input_stats != 0: the group norm backward (the
+ *     statistics were computed from x). input_stats == 0: mean and invstd are
+ *     constants (the forward normalized with running statistics):
+ *     dx = dy * weight[c] * invstd; dweight and dbias as in group norm.
+ */
+#define BNC_DECLARE_INSTANCENORM(T, P, SFX)                                   \
+    int bnc_instancenorm_fwd_##SFX(int64_t N, int64_t C, int64_t HW,           \
+                                   int channels_last, const T *x,              \
+                                   const P *weight, const P *bias, double eps, \
+                                   T *y, P *save_mean, P *save_invstd,         \
+                                   P *save_var, int n_threads);                \
+    int bnc_instancenorm_bwd_##SFX(int64_t N, int64_t C, int64_t HW,           \
+                                   int channels_last, const T *dy, const T *x, \
+                                   const P *weight, const P *mean,             \
+                                   const P *invstd, int input_stats, T *dx,    \
+                                   P *dweight, P *dbias, int n_threads);
+
+BNC_DECLARE_INSTANCENORM(float, float, f32)
+BNC_DECLARE_INSTANCENORM(double, double, f64)
+BNC_DECLARE_INSTANCENORM(bnc_f16_t, float, f16)
 
 #ifdef __cplusplus
 }
