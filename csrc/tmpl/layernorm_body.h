@@ -330,6 +330,7 @@ static int F(ln_run)(F(lctx_t) *k, int bwd, int n_threads)
     } else
 #endif
         F(ln_thread)(k, bwd, 0, 1);
+    (void)nt; /* unused without OpenMP */
     return BNC_OK;
 }
 
