@@ -764,8 +764,13 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
                 const T *restrict dyr = k->dy + r * go;
                 const T *yr = mode == 2 ? k->yact + r * yo : dyr;
                 T *restrict drr = k->dres + r * k->drs.outer;
-                for (int64_t ch = 0; ch < C; ch++)
-                    drr[ch * k->drs.channel] = F(dz)(dyr + ch, yr + ch, mode);
+                const int64_t dc = k->drs.channel;
+                if (dc == 1) /* the common case, a loop of its own */
+                    for (int64_t ch = 0; ch < C; ch++)
+                        drr[ch] = F(dz)(dyr + ch, yr + ch, mode);
+                else
+                    for (int64_t ch = 0; ch < C; ch++)
+                        drr[ch * dc] = F(dz)(dyr + ch, yr + ch, mode);
             }
     }
 }
@@ -965,11 +970,14 @@ static BNC_ALWAYS_INLINE void F(apply_grad_t)(void *vctx, int64_t c0, int64_t c1
                 F(run_grad_relu)(dyr + c * gst.channel + i0, yr + c * k->yas.channel + i0,
                                  xr + c * k->xs.channel + i0, dxr + c * dc + i0, i1 - i0,
                                  m[c], a[c], g[c], s[c]);
-        } else if (k->plan.interleaved) {
-            /* dy's and y's channels are unit-strided in this layout, dres's any */
-            const int64_t gc = mode == 1 ? gst.channel : 1;
+        } else if (k->plan.interleaved && (mode != 1 || gst.channel == 1)) {
+            /* dy's and y's channels are unit-strided in this layout */
             for (int64_t c = c0; c < c1; c++)
-                dxr[c * dc] = STORE(((LOAD(F(dz)(dyr + c * gc, yr + c, mode)) - a[c]) -
+                dxr[c * dc] = STORE(((LOAD(F(dz)(dyr + c, yr + c, mode)) - a[c]) -
+                                     (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
+        } else if (k->plan.interleaved) { /* dres with strided channels: rare */
+            for (int64_t c = c0; c < c1; c++)
+                dxr[c * dc] = STORE(((LOAD(dyr[c * gst.channel]) - a[c]) -
                                      (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
         } else {
             for (int64_t c = c0; c < c1; c++)
