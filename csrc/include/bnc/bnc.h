@@ -163,10 +163,10 @@ bnc_f16_t bnc_f32_to_f16(float f);
  *     workspace; y is then required (BNC_ERR_NULL), else it is not read and
  *     may be NULL. dx, dweight and dbias are bwd_train's / bwd_eval's of dz,
  *     bit for bit as those kernels on a dz array; dresidual (T, may be NULL)
- *     receives dz, the residual's gradient, written in the pass that writes
- *     dx. dx is required here. No temporary the size of x: the reduction pass
- *     reads dy, y, x; the elementwise pass reads them again and writes dx
- *     and dresidual (bwd_eval: one pass in all).
+ *     receives dz, the residual's gradient. dx is required here. No
+ *     temporary the size of x: the reduction pass reads dy, y, x (and writes
+ *     dresidual); the elementwise pass reads dz back from dresidual, or
+ *     without it dy and y again, and x, and writes dx (bwd_eval: one pass).
  *
  * bnc_batchrenorm_fwd_train_SFX(d, x, xs, weight, bias, running_mean,
  *                               running_var, rmax, dmax, eps, y, ys,
