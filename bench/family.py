@@ -15,9 +15,16 @@ Ops: layer_norm, layer_norm_backward, rms_norm, rms_norm_backward,
 batch_renorm, batch_renorm_backward (PyTorch has no batch renorm: its
 column is batch norm's kernel, the cost batch renorm is compared against),
 group_norm, group_norm_backward, instance_norm, instance_norm_backward when
-bnc has them. Group and instance norm run channels first (NCHW) and channels
-last (NHWC: the array is (N, H, W, C), channel_axis=-1; torch gets the
-channels_last view of the same memory). See bench/README.md.
+bnc has them, and bn_relu_res, bn_relu_res_backward: the fused batch norm
+y = relu(bn(x) + r) (training). Group and instance norm and bn_relu_res run
+channels first (NCHW) and channels last (NHWC: the array is (N, H, W, C),
+channel_axis=-1; torch gets the channels_last view of the same memory). For
+bn_relu_res the "np" column is bnc unfused: bnc's batch norm composed with
+NumPy (forward: np.add and np.maximum with out=; backward: the mask
+dy * (y > 0) into a buffer, then bnc's batch norm backward; dz is the
+residual's gradient); the torch column is torch.relu(F.batch_norm(x) + r)
+and its autograd backward (the graph kept, grads reset per call). See
+bench/README.md.
 """
 
 import argparse
@@ -40,10 +47,12 @@ FULL = [
     ("group_norm", (32, 64, 56, 56), "nhwc"), ("group_norm", (8, 256, 14, 14), "nhwc"),
     ("instance_norm", (32, 64, 56, 56)), ("instance_norm", (8, 256, 14, 14)),
     ("instance_norm", (32, 64, 56, 56), "nhwc"), ("instance_norm", (8, 256, 14, 14), "nhwc"),
+    ("bn_relu_res", (32, 64, 56, 56)), ("bn_relu_res", (32, 64, 56, 56), "nhwc"),
 ]
 QUICK = [("layer_norm", (64, 197, 768)), ("rms_norm", (64, 197, 768)),
          ("batch_renorm", (32, 64, 56, 56)), ("group_norm", (32, 64, 56, 56)),
-         ("instance_norm", (32, 64, 56, 56), "nhwc")]
+         ("instance_norm", (32, 64, 56, 56), "nhwc"), ("bn_relu_res", (32, 64, 56, 56)),
+         ("bn_relu_res", (32, 64, 56, 56), "nhwc")]
 GROUPS = 32
 
 
@@ -213,6 +222,47 @@ def make(bnc, torch, op, x, dy, w, b, thr, layout="nchw"):
                 F.instance_norm(xr, None, None, tw, tb, True, 0.1, EPS).backward(tdy)
                 return _numpy_view(xr.grad, ax)
             bwd["torch"] = torch_bwd
+    elif op == "bn_relu_res":
+        if not hasattr(bnc, "ResidualGrads"):
+            return None, None
+        r = (dy[::-1] * 0.5).copy()  # the residual: another array like x
+        y, saved = bnc.batch_norm_forward(x, w, b, channel_axis=ax, activation="relu",
+                                          residual=r, n_threads=thr)
+        fwd["bnc"] = lambda: bnc.batch_norm_forward(x, w, b, channel_axis=ax,
+                                                    activation="relu", residual=r,
+                                                    n_threads=thr)[0]
+        bwd["bnc"] = lambda: bnc.batch_norm_backward(
+            dy, x, w, saved, channel_axis=ax, activation="relu", y=y, residual=True,
+            n_threads=thr).grad_input
+
+        def unfused_fwd():
+            u = bnc.batch_norm_forward(x, w, b, channel_axis=ax, n_threads=thr)[0]
+            np.add(u, r, out=u)
+            return np.maximum(u, 0, out=u)
+
+        mask, dz = np.empty(x.shape, bool), np.empty_like(x)
+
+        def unfused_bwd():
+            np.greater(y, 0, out=mask)
+            np.multiply(dy, mask, out=dz)  # dz: also the residual's gradient
+            return bnc.batch_norm_backward(dz, x, w, saved, channel_axis=ax,
+                                           n_threads=thr).grad_input
+        fwd["numpy"], bwd["numpy"] = unfused_fwd, unfused_bwd
+        if torch is not None:
+            tx, tr, tdy = (_torch_view(t, a, ax) for a in (x, r, dy))
+            tw, tb = t(w), t(b)
+            fwd["torch"] = lambda: _numpy_view(
+                torch.relu(F.batch_norm(tx, None, None, tw, tb, True) + tr), ax)
+            leaves = [v.detach().requires_grad_(True) for v in (tx, tr, tw, tb)]
+            yt = torch.relu(F.batch_norm(leaves[0], None, None, leaves[2], leaves[3], True)
+                            + leaves[1])
+
+            def torch_bwd():
+                for v in leaves:
+                    v.grad = None
+                yt.backward(tdy, retain_graph=True)
+                return _numpy_view(leaves[0].grad, ax)
+            bwd["torch"] = torch_bwd
     return fwd, bwd
 
 
@@ -275,7 +325,7 @@ def main(argv=None):
                         continue
                     if not fns:
                         continue
-                    if i > 0:
+                    if i > 0 and op != "bn_relu_res":  # (bnc unfused: threaded)
                         fns.pop("numpy", None)   # single-threaded: timed once
                     res = time_calls(fns, repeats, budget)
                     st = {k: v[0] for k, v in res.items()}

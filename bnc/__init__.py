@@ -18,6 +18,7 @@ from bnc._core import c_version as _c_version
 from bnc.batchnorm import (
     BatchNormSaved,
     Grads,
+    ResidualGrads,
     batch_norm,
     batch_norm_backward,
     batch_norm_backward_elemt,
@@ -68,6 +69,7 @@ assert _c_version() == __version__, "bnc: the C core and the package disagree"
 __all__ = [
     "BatchNormSaved",
     "Grads",
+    "ResidualGrads",
     "batch_norm",
     "batch_norm_forward",
     "batch_norm_backward",

@@ -13,6 +13,9 @@ cdef extern from "bnc/bnc.h" nogil:
     int BNC_ERR_COUNT
     int BNC_ERR_RMAX
     int BNC_ERR_DMAX
+    int BNC_ERR_ACTIVATION
+    int BNC_ACT_NONE
+    int BNC_ACT_RELU
 
     ctypedef struct bnc_dims_t:
         int64_t outer
@@ -40,6 +43,10 @@ cdef extern from "bnc/bnc.h" nogil:
     int bnc_batchnorm_bwd_reduce_f32(bnc_dims_t d, const float *dy, bnc_strides_t dys, const float *x, bnc_strides_t xs, const float *mean, const float *invstd, double *sum_dy, double *sum_dy_xhat, int n_threads)
     int bnc_batchnorm_bwd_elemt_f32(bnc_dims_t d, const float *dy, bnc_strides_t dys, const float *x, bnc_strides_t xs, const float *weight, const float *mean, const float *invstd, const double *sum_dy, const double *sum_dy_xhat, int64_t count, float *dx, bnc_strides_t dxs, int n_threads)
     int bnc_batchrenorm_fwd_train_f32(bnc_dims_t d, const float *x, bnc_strides_t xs, const float *weight, const float *bias, const float *running_mean, const float *running_var, double rmax, double dmax, double eps, float *y, bnc_strides_t ys, float *save_mean, float *save_invstd, float *save_var, float *save_r, float *save_d, int n_threads)
+    int bnc_batchnorm_fwd_train_fused_f32(bnc_dims_t d, const float *x, bnc_strides_t xs, const float *weight, const float *bias, double eps, const float *residual, bnc_strides_t rs, int activation, float *y, bnc_strides_t ys, float *save_mean, float *save_invstd, float *save_var, int n_threads)
+    int bnc_batchnorm_fwd_eval_fused_f32(bnc_dims_t d, const float *x, bnc_strides_t xs, const float *weight, const float *bias, const float *mean, const float *var, double eps, const float *residual, bnc_strides_t rs, int activation, float *y, bnc_strides_t ys, int n_threads)
+    int bnc_batchnorm_bwd_train_fused_f32(bnc_dims_t d, const float *dy, bnc_strides_t dys, const float *y, bnc_strides_t ys, int activation, const float *x, bnc_strides_t xs, const float *weight, const float *mean, const float *invstd, float *dx, bnc_strides_t dxs, float *dresidual, bnc_strides_t drs, float *dweight, float *dbias, int n_threads)
+    int bnc_batchnorm_bwd_eval_fused_f32(bnc_dims_t d, const float *dy, bnc_strides_t dys, const float *y, bnc_strides_t ys, int activation, const float *x, bnc_strides_t xs, const float *weight, const float *mean, const float *invstd, float *dx, bnc_strides_t dxs, float *dresidual, bnc_strides_t drs, float *dweight, float *dbias, int n_threads)
 
     int bnc_batchnorm_stats_f64(bnc_dims_t d, const double *x, bnc_strides_t xs, double *mean, double *var, int n_threads)
     int bnc_batchnorm_fwd_train_f64(bnc_dims_t d, const double *x, bnc_strides_t xs, const double *weight, const double *bias, double eps, double *y, bnc_strides_t ys, double *save_mean, double *save_invstd, double *save_var, int n_threads)
@@ -49,6 +56,10 @@ cdef extern from "bnc/bnc.h" nogil:
     int bnc_batchnorm_bwd_reduce_f64(bnc_dims_t d, const double *dy, bnc_strides_t dys, const double *x, bnc_strides_t xs, const double *mean, const double *invstd, double *sum_dy, double *sum_dy_xhat, int n_threads)
     int bnc_batchnorm_bwd_elemt_f64(bnc_dims_t d, const double *dy, bnc_strides_t dys, const double *x, bnc_strides_t xs, const double *weight, const double *mean, const double *invstd, const double *sum_dy, const double *sum_dy_xhat, int64_t count, double *dx, bnc_strides_t dxs, int n_threads)
     int bnc_batchrenorm_fwd_train_f64(bnc_dims_t d, const double *x, bnc_strides_t xs, const double *weight, const double *bias, const double *running_mean, const double *running_var, double rmax, double dmax, double eps, double *y, bnc_strides_t ys, double *save_mean, double *save_invstd, double *save_var, double *save_r, double *save_d, int n_threads)
+    int bnc_batchnorm_fwd_train_fused_f64(bnc_dims_t d, const double *x, bnc_strides_t xs, const double *weight, const double *bias, double eps, const double *residual, bnc_strides_t rs, int activation, double *y, bnc_strides_t ys, double *save_mean, double *save_invstd, double *save_var, int n_threads)
+    int bnc_batchnorm_fwd_eval_fused_f64(bnc_dims_t d, const double *x, bnc_strides_t xs, const double *weight, const double *bias, const double *mean, const double *var, double eps, const double *residual, bnc_strides_t rs, int activation, double *y, bnc_strides_t ys, int n_threads)
+    int bnc_batchnorm_bwd_train_fused_f64(bnc_dims_t d, const double *dy, bnc_strides_t dys, const double *y, bnc_strides_t ys, int activation, const double *x, bnc_strides_t xs, const double *weight, const double *mean, const double *invstd, double *dx, bnc_strides_t dxs, double *dresidual, bnc_strides_t drs, double *dweight, double *dbias, int n_threads)
+    int bnc_batchnorm_bwd_eval_fused_f64(bnc_dims_t d, const double *dy, bnc_strides_t dys, const double *y, bnc_strides_t ys, int activation, const double *x, bnc_strides_t xs, const double *weight, const double *mean, const double *invstd, double *dx, bnc_strides_t dxs, double *dresidual, bnc_strides_t drs, double *dweight, double *dbias, int n_threads)
 
     int bnc_batchnorm_stats_f16(bnc_dims_t d, const bnc_f16_t *x, bnc_strides_t xs, double *mean, double *var, int n_threads)
     int bnc_batchnorm_fwd_train_f16(bnc_dims_t d, const bnc_f16_t *x, bnc_strides_t xs, const float *weight, const float *bias, double eps, bnc_f16_t *y, bnc_strides_t ys, float *save_mean, float *save_invstd, float *save_var, int n_threads)
@@ -58,3 +69,7 @@ cdef extern from "bnc/bnc.h" nogil:
     int bnc_batchnorm_bwd_reduce_f16(bnc_dims_t d, const bnc_f16_t *dy, bnc_strides_t dys, const bnc_f16_t *x, bnc_strides_t xs, const float *mean, const float *invstd, double *sum_dy, double *sum_dy_xhat, int n_threads)
     int bnc_batchnorm_bwd_elemt_f16(bnc_dims_t d, const bnc_f16_t *dy, bnc_strides_t dys, const bnc_f16_t *x, bnc_strides_t xs, const float *weight, const float *mean, const float *invstd, const double *sum_dy, const double *sum_dy_xhat, int64_t count, bnc_f16_t *dx, bnc_strides_t dxs, int n_threads)
     int bnc_batchrenorm_fwd_train_f16(bnc_dims_t d, const bnc_f16_t *x, bnc_strides_t xs, const float *weight, const float *bias, const float *running_mean, const float *running_var, double rmax, double dmax, double eps, bnc_f16_t *y, bnc_strides_t ys, float *save_mean, float *save_invstd, float *save_var, float *save_r, float *save_d, int n_threads)
+    int bnc_batchnorm_fwd_train_fused_f16(bnc_dims_t d, const bnc_f16_t *x, bnc_strides_t xs, const float *weight, const float *bias, double eps, const bnc_f16_t *residual, bnc_strides_t rs, int activation, bnc_f16_t *y, bnc_strides_t ys, float *save_mean, float *save_invstd, float *save_var, int n_threads)
+    int bnc_batchnorm_fwd_eval_fused_f16(bnc_dims_t d, const bnc_f16_t *x, bnc_strides_t xs, const float *weight, const float *bias, const float *mean, const float *var, double eps, const bnc_f16_t *residual, bnc_strides_t rs, int activation, bnc_f16_t *y, bnc_strides_t ys, int n_threads)
+    int bnc_batchnorm_bwd_train_fused_f16(bnc_dims_t d, const bnc_f16_t *dy, bnc_strides_t dys, const bnc_f16_t *y, bnc_strides_t ys, int activation, const bnc_f16_t *x, bnc_strides_t xs, const float *weight, const float *mean, const float *invstd, bnc_f16_t *dx, bnc_strides_t dxs, bnc_f16_t *dresidual, bnc_strides_t drs, float *dweight, float *dbias, int n_threads)
+    int bnc_batchnorm_bwd_eval_fused_f16(bnc_dims_t d, const bnc_f16_t *dy, bnc_strides_t dys, const bnc_f16_t *y, bnc_strides_t ys, int activation, const bnc_f16_t *x, bnc_strides_t xs, const float *weight, const float *mean, const float *invstd, bnc_f16_t *dx, bnc_strides_t dxs, bnc_f16_t *dresidual, bnc_strides_t drs, float *dweight, float *dbias, int n_threads)

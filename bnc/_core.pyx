@@ -261,15 +261,18 @@ cdef object _check_out(object out, object x, str name):
 
 
 cdef object _refuse_overlap(object out, str name, list inputs, object allowed):
-    """ValueError if out shares memory with an input (other than `allowed` itself)."""
+    """ValueError if out shares memory with an input (other than `allowed`
+    itself, one array or a tuple of them, as the very same view)."""
+    cdef tuple ok = allowed if type(allowed) is tuple else (allowed,)
     for other, oname in inputs:
         if other is None:
             continue
-        if allowed is not None and other is allowed and _same_view(out, other):
+        if allowed is not None and any([other is a for a in ok]) and _same_view(out, other):
             continue
         if np.may_share_memory(out, other) and np.shares_memory(out, other):
             raise ValueError(f"{name} must not overlap {oname}"
-                             + (" (only out=x exactly is allowed)" if allowed is not None else ""))
+                             + (f" (only out={oname} exactly is allowed)"
+                                if any([other is a for a in ok]) else ""))
 
 
 cdef bint _same_view(object a, object b):
@@ -479,19 +482,22 @@ cdef int _stats(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, double *m,
 
 
 cdef int _fwd_train(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
-                    void *b, double eps, void *y, bnc_strides_t ys, void *sm,
-                    void *si, void *sv, int nt) noexcept nogil:
+                    void *b, double eps, void *r, bnc_strides_t rs, int act, void *y,
+                    bnc_strides_t ys, void *sm, void *si, void *sv, int nt) noexcept nogil:
+    """The training forward, fused with residual r (NULL: none) and activation
+    act (BNC_ACT_NONE: batch norm's own kernel, bit for bit)."""
     if isz == 4:
-        return bnc_batchnorm_fwd_train_f32(d, <float *>x, xs, <float *>w, <float *>b,
-                                           eps, <float *>y, ys, <float *>sm,
-                                           <float *>si, <float *>sv, nt)
+        return bnc_batchnorm_fwd_train_fused_f32(d, <float *>x, xs, <float *>w, <float *>b,
+                                                 eps, <float *>r, rs, act, <float *>y, ys,
+                                                 <float *>sm, <float *>si, <float *>sv, nt)
     if isz == 8:
-        return bnc_batchnorm_fwd_train_f64(d, <double *>x, xs, <double *>w,
-                                           <double *>b, eps, <double *>y, ys,
-                                           <double *>sm, <double *>si, <double *>sv, nt)
-    return bnc_batchnorm_fwd_train_f16(d, <bnc_f16_t *>x, xs, <float *>w, <float *>b,
-                                       eps, <bnc_f16_t *>y, ys, <float *>sm,
-                                       <float *>si, <float *>sv, nt)
+        return bnc_batchnorm_fwd_train_fused_f64(d, <double *>x, xs, <double *>w,
+                                                 <double *>b, eps, <double *>r, rs, act,
+                                                 <double *>y, ys, <double *>sm, <double *>si,
+                                                 <double *>sv, nt)
+    return bnc_batchnorm_fwd_train_fused_f16(d, <bnc_f16_t *>x, xs, <float *>w, <float *>b,
+                                             eps, <bnc_f16_t *>r, rs, act, <bnc_f16_t *>y,
+                                             ys, <float *>sm, <float *>si, <float *>sv, nt)
 
 
 cdef int _renorm_train(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
@@ -516,45 +522,61 @@ cdef int _renorm_train(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w
 
 
 cdef int _fwd_eval(int isz, bnc_dims_t d, void *x, bnc_strides_t xs, void *w,
-                   void *b, void *m, void *v, double eps, void *y, bnc_strides_t ys,
-                   int nt) noexcept nogil:
+                   void *b, void *m, void *v, double eps, void *r, bnc_strides_t rs, int act,
+                   void *y, bnc_strides_t ys, int nt) noexcept nogil:
+    """The inference forward, fused as _fwd_train."""
     if isz == 4:
-        return bnc_batchnorm_fwd_eval_f32(d, <float *>x, xs, <float *>w, <float *>b,
-                                          <float *>m, <float *>v, eps, <float *>y, ys, nt)
+        return bnc_batchnorm_fwd_eval_fused_f32(d, <float *>x, xs, <float *>w, <float *>b,
+                                                <float *>m, <float *>v, eps, <float *>r, rs,
+                                                act, <float *>y, ys, nt)
     if isz == 8:
-        return bnc_batchnorm_fwd_eval_f64(d, <double *>x, xs, <double *>w,
-                                          <double *>b, <double *>m, <double *>v, eps,
-                                          <double *>y, ys, nt)
-    return bnc_batchnorm_fwd_eval_f16(d, <bnc_f16_t *>x, xs, <float *>w, <float *>b,
-                                      <float *>m, <float *>v, eps, <bnc_f16_t *>y, ys, nt)
+        return bnc_batchnorm_fwd_eval_fused_f64(d, <double *>x, xs, <double *>w,
+                                                <double *>b, <double *>m, <double *>v, eps,
+                                                <double *>r, rs, act, <double *>y, ys, nt)
+    return bnc_batchnorm_fwd_eval_fused_f16(d, <bnc_f16_t *>x, xs, <float *>w, <float *>b,
+                                            <float *>m, <float *>v, eps, <bnc_f16_t *>r, rs,
+                                            act, <bnc_f16_t *>y, ys, nt)
 
 
 ctypedef int (*_bwd_f32_t)(bnc_dims_t, const float *, bnc_strides_t, const float *,
-                           bnc_strides_t, const float *, const float *, const float *,
-                           float *, bnc_strides_t, float *, float *, int) noexcept nogil
+                           bnc_strides_t, int, const float *, bnc_strides_t, const float *,
+                           const float *, const float *, float *, bnc_strides_t, float *,
+                           bnc_strides_t, float *, float *, int) noexcept nogil
 ctypedef int (*_bwd_f64_t)(bnc_dims_t, const double *, bnc_strides_t, const double *,
-                           bnc_strides_t, const double *, const double *, const double *,
+                           bnc_strides_t, int, const double *, bnc_strides_t, const double *,
+                           const double *, const double *, double *, bnc_strides_t,
                            double *, bnc_strides_t, double *, double *, int) noexcept nogil
-ctypedef int (*_bwd_f16_t)(bnc_dims_t, const bnc_f16_t *, bnc_strides_t,
-                           const bnc_f16_t *, bnc_strides_t, const float *, const float *,
-                           const float *, bnc_f16_t *, bnc_strides_t, float *, float *,
+ctypedef int (*_bwd_f16_t)(bnc_dims_t, const bnc_f16_t *, bnc_strides_t, const bnc_f16_t *,
+                           bnc_strides_t, int, const bnc_f16_t *, bnc_strides_t,
+                           const float *, const float *, const float *, bnc_f16_t *,
+                           bnc_strides_t, bnc_f16_t *, bnc_strides_t, float *, float *,
                            int) noexcept nogil
 
 
-cdef int _bwd(int isz, bint train, bnc_dims_t d, void *dy, bnc_strides_t dys,
-              void *x, bnc_strides_t xs, void *w, void *m, void *s, void *dx,
-              bnc_strides_t dxs, void *dw, void *db, int nt) noexcept nogil:
-    cdef _bwd_f32_t f32 = bnc_batchnorm_bwd_train_f32 if train else bnc_batchnorm_bwd_eval_f32
-    cdef _bwd_f64_t f64 = bnc_batchnorm_bwd_train_f64 if train else bnc_batchnorm_bwd_eval_f64
-    cdef _bwd_f16_t f16 = bnc_batchnorm_bwd_train_f16 if train else bnc_batchnorm_bwd_eval_f16
+cdef int _bwd(int isz, bint train, bnc_dims_t d, void *dy, bnc_strides_t dys, void *y,
+              bnc_strides_t ys, int act, void *x, bnc_strides_t xs, void *w, void *m,
+              void *s, void *dx, bnc_strides_t dxs, void *dr, bnc_strides_t drs, void *dw,
+              void *db, int nt) noexcept nogil:
+    """Both backwards (train: through the batch statistics), fused with the
+    ReLU's mask read from y (act) and the residual's gradient dr (NULL: none);
+    with BNC_ACT_NONE and no dr, batch norm's own kernels, bit for bit."""
+    cdef _bwd_f32_t f32 = (bnc_batchnorm_bwd_train_fused_f32 if train
+                           else bnc_batchnorm_bwd_eval_fused_f32)
+    cdef _bwd_f64_t f64 = (bnc_batchnorm_bwd_train_fused_f64 if train
+                           else bnc_batchnorm_bwd_eval_fused_f64)
+    cdef _bwd_f16_t f16 = (bnc_batchnorm_bwd_train_fused_f16 if train
+                           else bnc_batchnorm_bwd_eval_fused_f16)
     if isz == 4:
-        return f32(d, <float *>dy, dys, <float *>x, xs, <float *>w, <float *>m,
-                   <float *>s, <float *>dx, dxs, <float *>dw, <float *>db, nt)
+        return f32(d, <float *>dy, dys, <float *>y, ys, act, <float *>x, xs, <float *>w,
+                   <float *>m, <float *>s, <float *>dx, dxs, <float *>dr, drs, <float *>dw,
+                   <float *>db, nt)
     if isz == 8:
-        return f64(d, <double *>dy, dys, <double *>x, xs, <double *>w, <double *>m,
-                   <double *>s, <double *>dx, dxs, <double *>dw, <double *>db, nt)
-    return f16(d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>x, xs, <float *>w, <float *>m,
-               <float *>s, <bnc_f16_t *>dx, dxs, <float *>dw, <float *>db, nt)
+        return f64(d, <double *>dy, dys, <double *>y, ys, act, <double *>x, xs, <double *>w,
+                   <double *>m, <double *>s, <double *>dx, dxs, <double *>dr, drs,
+                   <double *>dw, <double *>db, nt)
+    return f16(d, <bnc_f16_t *>dy, dys, <bnc_f16_t *>y, ys, act, <bnc_f16_t *>x, xs,
+               <float *>w, <float *>m, <float *>s, <bnc_f16_t *>dx, dxs, <bnc_f16_t *>dr, drs,
+               <float *>dw, <float *>db, nt)
 
 
 cdef int _bwd_reduce(int isz, bnc_dims_t d, void *dy, bnc_strides_t dys, void *x,
@@ -650,16 +672,45 @@ cdef tuple _stats_f64(_View v, int nt):
 
 
 def batch_norm_forward_raw(x, weight, bias, mean, var, eps, channel_axis, out,
-                           n_threads, bint training):
+                           n_threads, bint training, activation=None, residual=None):
     """Forward kernel behind bnc.batch_norm_forward and bnc.batch_norm.
 
     training=True: batch statistics (mean/var must be None); returns
     (y, save_mean, save_invstd, save_var). training=False: the given mean/var;
-    returns (y, None, None, None). Every argument is validated before anything
-    is written.
+    returns (y, None, None, None). y = act(bn(x) + residual) when activation
+    ("relu") or residual is given. Every argument is validated before
+    anything is written.
     """
     return _forward_raw(x, weight, bias, mean, var, eps, channel_axis, out, n_threads,
-                        training, None, None, 1.0, 0.0)[:4]
+                        training, None, None, 1.0, 0.0, check_activation(activation),
+                        residual)[:4]
+
+
+def check_activation(activation):
+    """The C code of activation= (None or "relu"); ValueError otherwise."""
+    if activation is None:
+        return BNC_ACT_NONE
+    if isinstance(activation, str) and activation == "relu":
+        return BNC_ACT_RELU
+    raise ValueError(f'activation must be None or "relu", got {activation!r}')
+
+
+cdef object _like_input(object a, object x, str name):
+    """An input of x's shape and dtype (residual=, y=): an ndarray must have
+    x's dtype (no silent cast), other array_likes are converted to it."""
+    if isinstance(a, np.ndarray):
+        if a.dtype != x.dtype:
+            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}")
+        if not a.dtype.isnative:
+            a = a.astype(a.dtype.newbyteorder("="))
+    else:
+        try:
+            a = np.asarray(a, dtype=x.dtype)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be an array of real numbers like x") from None
+    if a.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x {x.shape}, got {a.shape}")
+    return a
 
 
 def batch_renorm_forward_raw(x, weight, bias, running_mean, running_var, rmax, dmax, eps,
@@ -702,9 +753,11 @@ cdef double _real(object v, str name) except? -1.0:
 
 
 cdef tuple _forward_raw(x, weight, bias, mean, var, eps, channel_axis, out, n_threads,
-                        bint training, rmean, rvar, double rmax, double dmax):
+                        bint training, rmean, rvar, double rmax, double dmax, int act=0,
+                        residual=None):
     """Both forwards: batch norm (rmean None) or, in training, batch renorm
-    against rmean/rvar. Returns (y, save_mean, save_invstd, save_var, r, d)."""
+    against rmean/rvar; batch norm fused with act and residual.
+    Returns (y, save_mean, save_invstd, save_var, r, d)."""
     x = _as_input(x, "x")
     cdef int axis = _axis(channel_axis, x.ndim)
     cdef double e = check_eps(eps)
@@ -722,18 +775,26 @@ cdef tuple _forward_raw(x, weight, bias, mean, var, eps, channel_axis, out, n_th
     if renorm:
         rmean = _param(rmean, "running_mean", C, xdt)
         rvar = _param(rvar, "running_var", C, xdt)
+    if residual is not None:
+        residual = _like_input(residual, x, "residual")
     cdef int nt = _threads(n_threads)
     if out is not None:
         _check_out(out, x, "out")
-        _refuse_overlap(out, "out", [(x, "x"), (weight, "weight"), (bias, "bias"),
-                                     (mean, "mean"), (var, "var"),
-                                     (rmean, "running_mean"), (rvar, "running_var")], x)
+        # out may be x or residual exactly (in place: y is computed elementwise)
+        _refuse_overlap(out, "out", [(x, "x"), (residual, "residual"), (weight, "weight"),
+                                     (bias, "bias"), (mean, "mean"), (var, "var"),
+                                     (rmean, "running_mean"), (rvar, "running_var")],
+                        (x, residual))
 
     cdef _View v = _View(x, axis)
     cdef bnc_dims_t d = v.layout.d
     cdef bnc_strides_t ys
+    cdef bnc_strides_t rs = v.xs
     y = np.empty_like(x) if out is None else out
     target, yoff = v.target(y, &ys)
+    roff = yoff
+    if residual is not None:
+        residual, roff = v.like_x(residual, &rs)
     sdt = stat_dtype(xdt)
     save_mean = save_invstd = save_var = save_r = save_d = None
     if training and v.npieces > 1:
@@ -750,7 +811,8 @@ cdef tuple _forward_raw(x, weight, bias, mean, var, eps, channel_axis, out, n_th
         training = False
     cdef int isz = x.itemsize, st = BNC_OK
     cdef Py_ssize_t i, n = v.npieces
-    cdef const int64_t[::1] xo = v.xoff, yo = yoff
+    cdef const int64_t[::1] xo = v.xoff, yo = yoff, ro = roff
+    cdef char *r_b = <char *>_ptr_or_null(residual)
     cdef void *pw = _ptr_or_null(weight)
     cdef void *pb = _ptr_or_null(bias)
     cdef void *pm
@@ -774,13 +836,15 @@ cdef tuple _forward_raw(x, weight, bias, mean, var, eps, channel_axis, out, n_th
                                    dmax, e, target_b + yo[0], ys, pm, pi, pv, pr, pd, nt)
         else:
             with nogil:
-                st = _fwd_train(isz, d, xa_b + xo[0], v.xs, pw, pb, e, target_b + yo[0],
-                                ys, pm, pi, pv, nt)
+                st = _fwd_train(isz, d, xa_b + xo[0], v.xs, pw, pb, e,
+                                r_b + ro[0] if r_b != NULL else NULL, rs, act,
+                                target_b + yo[0], ys, pm, pi, pv, nt)
     else:
         pm, pv = _ptr(mean), _ptr(var)
         with nogil:
             for i in range(n):
                 st = _fwd_eval(isz, d, xa_b + xo[i], v.xs, pw, pb, pm, pv, e,
+                               r_b + ro[i] if r_b != NULL else NULL, rs, act,
                                target_b + yo[i], ys, nt)
                 if st != BNC_OK:
                     break
@@ -807,8 +871,12 @@ cdef tuple _renorm_affine(object m64, object v64, object rmean, object rvar, dou
 
 
 def batch_norm_backward_raw(grad_out, x, weight, mean, invstd, channel_axis,
-                            bint use_batch_stats, out, n_threads):
-    """Backward kernel behind bnc.batch_norm_backward: (dx, dweight, dbias)."""
+                            bint use_batch_stats, out, n_threads, activation=None, y=None,
+                            bint residual=False):
+    """Backward kernel behind bnc.batch_norm_backward: (dx, dweight, dbias,
+    dresidual), dresidual None unless residual. With activation="relu", the
+    gradient is first masked by the ReLU read from y (the fused forward's
+    output); dresidual is that masked gradient."""
     x = _as_input(x, "x")
     dy = _as_input(grad_out, "grad_out")
     if dy.dtype != x.dtype:
@@ -823,18 +891,45 @@ def batch_norm_backward_raw(grad_out, x, weight, mean, invstd, channel_axis,
     invstd = _param(invstd, "saved.invstd", C, xdt)
     if mean is None or invstd is None:
         raise ValueError("saved must hold the forward's mean and invstd arrays")
+    cdef int act = check_activation(activation)
+    if act == BNC_ACT_RELU:
+        if y is None:
+            raise ValueError('y (the output of the fused forward) is required with '
+                             'activation="relu": the ReLU\'s mask is read from it')
+        y = _like_input(y, x, "y")
+    elif y is not None:
+        raise ValueError('y is only used with activation="relu" (the ReLU\'s mask)')
     cdef int nt = _threads(n_threads)
     if out is not None:
         _check_out(out, x, "out")
-        _refuse_overlap(out, "out", [(x, "x"), (dy, "grad_out"), (weight, "weight"),
-                                     (mean, "saved.mean"), (invstd, "saved.invstd")],
-                        None)
+        _refuse_overlap(out, "out", [(x, "x"), (dy, "grad_out"), (y, "y"),
+                                     (weight, "weight"), (mean, "saved.mean"),
+                                     (invstd, "saved.invstd")], None)
 
     cdef _View v = _View(x, axis)
-    cdef bnc_strides_t dys, dxs
+    cdef bnc_strides_t dys, dxs, yss, drs
+    dres = dres_t = None
+    droff = yoff = None
+    if v.npieces > 1 and (act == BNC_ACT_RELU or residual):
+        # x in pieces (rare): the fused kernels have no split (reduce, elemt)
+        # form; mask here (threshold_backward's values, exactly) and go unfused
+        if act == BNC_ACT_RELU:
+            dy = np.where(y <= 0, np.zeros((), xdt), dy)
+            act = BNC_ACT_NONE
+        if residual:
+            dres = np.empty_like(x)
+            np.copyto(dres, dy)
+            residual = False
     dy, dyoff = v.like_x(dy, &dys)
+    yss = dys
+    if act == BNC_ACT_RELU:
+        y, yoff = v.like_x(y, &yss)
     dx = np.empty_like(x) if out is None else out
     target, dxoff = v.target(dx, &dxs)
+    drs = dxs
+    if residual:
+        dres = np.empty_like(x)
+        dres_t, droff = v.target(dres, &drs)
     sdt = stat_dtype(xdt)
     if v.npieces > 1 and use_batch_stats:
         sdy, sdyx = _bwd_sums(v, dy, dyoff, dys, mean, invstd, nt)
@@ -844,16 +939,23 @@ def batch_norm_backward_raw(grad_out, x, weight, mean, invstd, channel_axis,
         dweight, dbias = sdyx.astype(sdt), sdy.astype(sdt)
     else:
         dweight, dbias = _bwd_pieces(v, dy, dyoff, dys, weight, mean, invstd, target,
-                                     dxoff, dxs, use_batch_stats, nt)
+                                     dxoff, dxs, use_batch_stats, nt, y, yoff, yss, act, dres_t,
+                                     droff, drs)
     if target is not dx:
         np.copyto(dx, target)
-    return dx, dweight, dbias
+    if dres_t is not None and dres_t is not dres:
+        np.copyto(dres, dres_t)
+    return dx, dweight, dbias, dres
 
 
 cdef tuple _bwd_pieces(_View v, object dy, object dyoff, bnc_strides_t dys, object weight,
                        object mean, object invstd, object dx, object dxoff,
-                       bnc_strides_t dxs, bint train, int nt):
-    """The fused backward kernel on every piece (train only with one piece)."""
+                       bnc_strides_t dxs, bint train, int nt, object y, object yoff,
+                       bnc_strides_t yss, int act, object dr, object droff,
+                       bnc_strides_t drs):
+    """The fused backward kernel on every piece (train only with one piece);
+    with the ReLU's mask from y (act) and the residual's gradient dr (None:
+    none; y and dr with one piece only)."""
     cdef Py_ssize_t i, n = v.npieces
     sdt = stat_dtype(v.x.dtype)
     dws = np.empty((n, v.layout.d.channels), sdt)
@@ -870,10 +972,17 @@ cdef tuple _bwd_pieces(_View v, object dy, object dyoff, bnc_strides_t dys, obje
     cdef char *dy_b = <char *>_ptr(dy)
     cdef char *xa_b = <char *>_ptr(xa)
     cdef char *dx_b = <char *>_ptr(dx)
+    cdef char *y_b = <char *>_ptr_or_null(y)
+    cdef char *dr_b = <char *>_ptr_or_null(dr)
+    if y_b != NULL:
+        y_b += <int64_t>yoff[0]
+    if dr_b != NULL:
+        dr_b += <int64_t>droff[0]
     with nogil:
         for i in range(n):
-            st = _bwd(isz, train, v.layout.d, dy_b + go[i], dys, xa_b + xo[i], v.xs, pw,
-                      pm, ps, dx_b + do[i], dxs, pdw + i * row, pdb + i * row, nt)
+            st = _bwd(isz, train, v.layout.d, dy_b + go[i], dys, y_b, yss, act, xa_b + xo[i],
+                      v.xs, pw, pm, ps, dx_b + do[i], dxs, dr_b, drs, pdw + i * row,
+                      pdb + i * row, nt)
             if st != BNC_OK:
                 break
     _check(st)
@@ -1193,11 +1302,12 @@ cdef object _fwd_run(_Fast *k, object x, object weight, object bias, object mean
     cdef int st
     if pm == NULL:
         with nogil:
-            st = _fwd_train(k.isz, k.d, px, k.s, pw, pb, k.eps, py, k.s, psm, psi, psv,
-                            k.nt)
+            st = _fwd_train(k.isz, k.d, px, k.s, pw, pb, k.eps, NULL, k.s, BNC_ACT_NONE, py,
+                            k.s, psm, psi, psv, k.nt)
     else:
         with nogil:
-            st = _fwd_eval(k.isz, k.d, px, k.s, pw, pb, pm, pv, k.eps, py, k.s, k.nt)
+            st = _fwd_eval(k.isz, k.d, px, k.s, pw, pb, pm, pv, k.eps, NULL, k.s,
+                           BNC_ACT_NONE, py, k.s, k.nt)
     _check(st)
     _n_fast += 1
     return y
@@ -1563,7 +1673,8 @@ def batch_norm_backward_fast(grad_out, x, weight, saved, channel_axis, use_batch
     cdef void *pdb = _ptr(db)
     cdef int st
     with nogil:
-        st = _bwd(k.isz, train, k.d, pdy, k.s, px, k.s, pw, pm, ps, pdx, k.s, pdw, pdb, k.nt)
+        st = _bwd(k.isz, train, k.d, pdy, k.s, NULL, k.s, BNC_ACT_NONE, px, k.s, pw, pm, ps,
+                  pdx, k.s, NULL, k.s, pdw, pdb, k.nt)
     _check(st)
     _n_fast += 1
     return _tuple3(_Grads, dx, dw, db)

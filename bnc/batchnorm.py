@@ -16,7 +16,7 @@ from bnc import _core
 from bnc._core import batch_norm_stats
 
 __all__ = [
-    "BatchNormSaved", "Grads", "batch_norm", "batch_norm_forward",
+    "BatchNormSaved", "Grads", "ResidualGrads", "batch_norm", "batch_norm_forward",
     "batch_norm_backward", "batch_norm_stats", "combine_stats",
     "update_running_stats", "batch_norm_backward_reduce", "batch_norm_backward_elemt",
 ]
@@ -60,8 +60,20 @@ class Grads(NamedTuple):
     grad_bias: np.ndarray
 
 
+class ResidualGrads(NamedTuple):
+    """Gradients of the fused y = act(batch_norm(x) + residual): those of
+    batch norm (as in Grads) and grad_residual, like x (the gradient reaching
+    the sum, i.e. grad_out masked by the ReLU)."""
+
+    grad_input: np.ndarray
+    grad_weight: np.ndarray
+    grad_bias: np.ndarray
+    grad_residual: np.ndarray
+
+
 def batch_norm_forward(x, weight=None, bias=None, *, mean=None, var=None, eps=1e-5,
-                       channel_axis=1, out=None, n_threads=None):
+                       channel_axis=1, activation=None, residual=None, out=None,
+                       n_threads=None):
     """Batch norm forward, returning what the backward needs.
 
     Parameters
@@ -73,7 +85,17 @@ def batch_norm_forward(x, weight=None, bias=None, *, mean=None, var=None, eps=1e
         training. Both given: use them (inference, or a frozen layer).
     eps : float > 0, added to the variance inside the square root
     channel_axis : int
-    out : ndarray like x, optional; out=x computes in place
+    activation : None or "relu"
+        Fused activation: y = relu(bn(x) + residual), ReLU as torch.relu
+        (negatives to 0, NaN propagates). The backward reads its mask from y.
+    residual : array_like of x's shape, optional
+        Added to the normalized x before the activation, in one pass (the
+        sum is not rounded before the activation). An ndarray must have x's
+        dtype (TypeError: no silent cast); other array_likes are converted to
+        it. Any strides and layout; no broadcasting.
+    out : ndarray like x, optional
+        out=x or out=residual (the very same view) computes in place; any
+        other overlap with an input is a ValueError.
     n_threads : int or None
 
     Returns
@@ -81,14 +103,16 @@ def batch_norm_forward(x, weight=None, bias=None, *, mean=None, var=None, eps=1e
     y : ndarray like x (layout of np.empty_like(x))
     saved : BatchNormSaved(mean, invstd, var), float64 for float64 x else float32
     """
-    done = _forward_fast(x, weight, bias, mean, var, eps, channel_axis, out, n_threads)
-    if done is not None:
-        return done
+    if activation is None and residual is None:
+        done = _forward_fast(x, weight, bias, mean, var, eps, channel_axis, out, n_threads)
+        if done is not None:
+            return done
     if (mean is None) != (var is None):
         raise ValueError("mean and var must be given together (or neither)")
     training = mean is None
     y, m, invstd, v = _core.batch_norm_forward_raw(
-        x, weight, bias, mean, var, eps, channel_axis, out, n_threads, training)
+        x, weight, bias, mean, var, eps, channel_axis, out, n_threads, training,
+        activation, residual)
     if training:
         return y, BatchNormSaved(m, invstd, v)
     sdt = _core.stat_dtype(y.dtype)
@@ -99,8 +123,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, mean=None, var=None, eps=1e
 
 
 def batch_norm_backward(grad_out, x, weight, saved, *, channel_axis=1,
-                        use_batch_stats=True, out=None, n_threads=None):
-    """Gradients of batch norm with respect to x, weight and bias.
+                        use_batch_stats=True, activation=None, y=None, residual=False,
+                        out=None, n_threads=None):
+    """Gradients of batch norm with respect to x, weight and bias, and of the
+    fused y = act(batch_norm(x) + residual).
 
     Parameters
     ----------
@@ -111,25 +137,42 @@ def batch_norm_backward(grad_out, x, weight, saved, *, channel_axis=1,
     use_batch_stats : bool
         True: the forward normalized with batch statistics, which are functions
         of x (training). False: the statistics were constants (a frozen layer).
-    out : ndarray like x, optional, receives grad_input
+    activation : None or "relu"
+        The fused forward's activation. With "relu", `y` is required and the
+        gradient is masked first: dz = grad_out where y > 0 (or y is NaN),
+        else 0, as torch's threshold_backward; the batch norm grads are those
+        of dz. No mask is stored by the forward: it is read from y.
+    y : array_like like x, the fused forward's output (activation="relu" only)
+    residual : bool
+        True: the forward added a residual; returns ResidualGrads with
+        grad_residual = dz (newly allocated, like x).
+    out : ndarray like x, optional, receives grad_input (must not overlap an input)
 
     Returns
     -------
-    Grads(grad_input, grad_weight, grad_bias); grad_weight and grad_bias are
-    always computed (as if weight were ones when it is None).
+    Grads(grad_input, grad_weight, grad_bias), or with residual=True
+    ResidualGrads(grad_input, grad_weight, grad_bias, grad_residual);
+    grad_weight and grad_bias are always computed (as if weight were ones
+    when it is None).
     """
-    done = _backward_fast(grad_out, x, weight, saved, channel_axis, use_batch_stats, out,
-                          n_threads)
-    if done is not None:
-        return done
+    if activation is None and y is None and residual is False:
+        done = _backward_fast(grad_out, x, weight, saved, channel_axis, use_batch_stats, out,
+                              n_threads)
+        if done is not None:
+            return done
+    if not isinstance(residual, (bool, np.bool_)):
+        raise TypeError("residual must be True or False in the backward (whether the "
+                        f"forward added one), got {type(residual).__name__}")
     try:
         mean, invstd = saved[0], saved[1]
     except (TypeError, IndexError):
         raise TypeError("saved must be a BatchNormSaved (mean, invstd, var) from "
                         "batch_norm_forward") from None
-    dx, dw, db = _core.batch_norm_backward_raw(
+    dx, dw, db, dres = _core.batch_norm_backward_raw(
         grad_out, x, weight, mean, invstd, channel_axis, bool(use_batch_stats), out,
-        n_threads)
+        n_threads, activation, y, bool(residual))
+    if residual:
+        return ResidualGrads(dx, dw, db, dres)
     return Grads(dx, dw, db)
 
 
@@ -296,8 +339,8 @@ def combine_stats(means, vars, counts):
 
 def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
                training=False, momentum=_MOMENTUM_NOT_GIVEN, decay=None, eps=1e-5,
-               channel_axis=1, correction=1, num_batches_tracked=None, out=None,
-               n_threads=None):
+               channel_axis=1, correction=1, num_batches_tracked=None, activation=None,
+               residual=None, out=None, n_threads=None):
     """Batch normalization, with the results of torch.nn.functional.batch_norm.
 
     training=True normalizes with the batch statistics (biased variance) and,
@@ -305,13 +348,18 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     succeeded (see `update_running_stats`). training=False normalizes with the
     running statistics, which are then required.
 
+    activation=None or "relu" and residual= (an array of x's shape) fuse
+    y = relu(batch_norm(x) + residual) into the normalizing pass: see
+    `batch_norm_forward` for their rules (dtype, layout, in place).
+
     Returns y, an ndarray like x (NHWC input gives NHWC output).
     """
-    y = _batch_norm_fast(x, weight, bias, running_mean, running_var, training, momentum,
-                         decay, eps, channel_axis, correction, num_batches_tracked, out,
-                         n_threads)
-    if y is not None:
-        return y
+    if activation is None and residual is None:
+        y = _batch_norm_fast(x, weight, bias, running_mean, running_var, training, momentum,
+                             decay, eps, channel_axis, correction, num_batches_tracked, out,
+                             n_threads)
+        if y is not None:
+            return y
     have = (running_mean is not None, running_var is not None)
     if have[0] != have[1]:
         raise ValueError("running_mean and running_var must be given together")
@@ -331,10 +379,11 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
             raise ValueError("training=False needs running_mean and running_var")
         y, _, _, _ = _core.batch_norm_forward_raw(
             xa, weight, bias, running_mean, running_var, eps, channel_axis, out,
-            n_threads, False)
+            n_threads, False, activation, residual)
         return y
     y, mean, _, var = _core.batch_norm_forward_raw(
-        xa, weight, bias, None, None, eps, channel_axis, out, n_threads, True)
+        xa, weight, bias, None, None, eps, channel_axis, out, n_threads, True, activation,
+        residual)
     if have[0]:
         count = y.size // mean.shape[0]
         _apply_running(running_mean, running_var, mean, var, count, m, corr,

@@ -141,7 +141,7 @@ def batch_renorm_backward(grad_out, x, weight, saved, *, channel_axis=1, out=Non
     d = _core.check_param(saved[4], "saved.d", C, xa.dtype)
     r64 = r.astype(np.float64)
     w_r = r64 if weight is None else weight.astype(np.float64) * r64
-    dx, sdyx, sdy = _core.batch_norm_backward_raw(
+    dx, sdyx, sdy, _ = _core.batch_norm_backward_raw(
         grad_out, xa, w_r.astype(sdt), saved[0], saved[1], channel_axis, True, out,
         n_threads)
     with np.errstate(all="ignore"):  # NaN/Inf propagate

@@ -21,6 +21,7 @@ __all__ = [
     "BatchNormSaved",
     "BatchRenormSaved",
     "Grads",
+    "ResidualGrads",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
@@ -64,6 +65,23 @@ class Grads(NamedTuple):
     grad_input: np.ndarray
     grad_weight: np.ndarray
     grad_bias: np.ndarray
+
+
+class ResidualGrads(NamedTuple):
+    """Gradients of the fused ``y = act(batch_norm(x) + residual)``.
+
+    Attributes
+    ----------
+    grad_input, grad_weight, grad_bias : ndarray, float64
+        As in :class:`Grads`, of the gradient reaching batch norm.
+    grad_residual : ndarray, float64, same shape as ``x``
+        The gradient reaching the sum (``grad_out`` through the activation).
+    """
+
+    grad_input: np.ndarray
+    grad_weight: np.ndarray
+    grad_bias: np.ndarray
+    grad_residual: np.ndarray
 
 
 class BatchRenormSaved(NamedTuple):
@@ -288,6 +306,20 @@ def update_running_stats(
 # forward / backward
 
 
+def _relu(v: np.ndarray) -> np.ndarray:
+    """torch.relu: negatives to 0; NaN and -0.0 stay as they are."""
+    return np.where(v < 0, 0.0, v)
+
+
+def _activation(activation) -> bool:
+    """True for "relu", False for None; ValueError otherwise."""
+    if activation is None:
+        return False
+    if isinstance(activation, str) and activation == "relu":
+        return True
+    raise ValueError(f'activation must be None or "relu", got {activation!r}')
+
+
 def batch_norm_forward(
     x,
     weight=None,
@@ -297,8 +329,11 @@ def batch_norm_forward(
     var=None,
     eps: float = 1e-5,
     channel_axis: int = 1,
+    activation=None,
+    residual=None,
 ):
-    """Batch norm forward: ``y = (x - mean) * invstd * weight + bias``.
+    """Batch norm forward: ``y = (x - mean) * invstd * weight + bias``,
+    then ``y = act(y + residual)`` when fused.
 
     Parameters
     ----------
@@ -312,6 +347,11 @@ def batch_norm_forward(
     eps : float, default 1e-5
         Added to the variance: ``invstd = 1 / sqrt(var + eps)``.
     channel_axis : int, default 1
+    activation : None or "relu"
+        Applied after the residual: ``relu(v) = v if v >= 0 else 0`` (NaN
+        propagates), as ``torch.relu``.
+    residual : array_like, same shape as ``x``, optional
+        Added to the normalized ``x`` before the activation.
 
     Returns
     -------
@@ -319,6 +359,7 @@ def batch_norm_forward(
     saved : BatchNormSaved
         ``(mean, invstd, var)``, each (C,) float64.
     """
+    relu = _activation(activation)
     x = _as_f64(x)
     axis = _channel_axis(x.ndim, channel_axis)
     C = x.shape[axis]
@@ -337,6 +378,10 @@ def batch_norm_forward(
         return _per_channel(v, x.ndim, axis)
 
     y = (x - bc(mean)) * bc(invstd) * bc(w) + bc(b)
+    if residual is not None:
+        y = y + _as_f64(residual).reshape(x.shape)
+    if relu:
+        y = _relu(y)
     return y, BatchNormSaved(mean, invstd, var)
 
 
@@ -348,8 +393,17 @@ def batch_norm_backward(
     *,
     channel_axis: int = 1,
     use_batch_stats: bool = True,
-) -> Grads:
-    """Batch norm backward.
+    activation=None,
+    y=None,
+    residual: bool = False,
+):
+    """Batch norm backward (and that of the fused forward).
+
+    Fused: with ``activation="relu"`` the gradient first goes through the
+    ReLU, whose mask is read from the forward's output ``y``:
+    ``dz = grad_out`` where ``y > 0`` or ``y`` is NaN, else 0 (as torch's
+    ``threshold_backward``); the batch norm gradients below are those of
+    ``dz``, and with ``residual=True`` ``grad_residual = dz``.
 
     With ``xhat = (x - mean) * invstd`` and ``dy = grad_out``:
 
@@ -374,15 +428,26 @@ def batch_norm_backward(
         From :func:`batch_norm_forward`; ``mean`` and ``invstd`` are used.
     channel_axis : int, default 1
     use_batch_stats : bool, default True
+    activation : None or "relu"
+    y : array_like, same shape as ``x``
+        The fused forward's output; required with ``activation="relu"``.
+    residual : bool, default False
+        Return :class:`ResidualGrads` with the residual's gradient.
 
     Returns
     -------
     Grads
         ``(grad_input, grad_weight, grad_bias)`` in float64; grad_weight and
         grad_bias have shape (C,) and are returned even if weight is None.
+        :class:`ResidualGrads` when ``residual`` is True.
     """
     x = _as_f64(x)
     dy = _as_f64(grad_out)
+    if _activation(activation):
+        if y is None:
+            raise ValueError('y is required with activation="relu"')
+        yv = _as_f64(y)
+        dy = np.where(yv <= 0, 0.0, dy)
     axis = _channel_axis(x.ndim, channel_axis)
     axes = _reduced_axes(x.ndim, axis)
     C = x.shape[axis]
@@ -404,6 +469,8 @@ def batch_norm_backward(
         grad_input = bc(w * invstd) * (dy - bc(mean_dy) - xhat * bc(mean_dy_xhat))
     else:
         grad_input = dy * bc(w * invstd)
+    if residual:
+        return ResidualGrads(grad_input, grad_weight, grad_bias, dy)
     return Grads(grad_input, grad_weight, grad_bias)
 
 
@@ -425,8 +492,11 @@ def batch_norm(
     channel_axis: int = 1,
     correction: int = 1,
     num_batches_tracked=None,
+    activation=None,
+    residual=None,
 ):
-    """Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
+    """Batch normalization with the semantics of ``torch.nn.functional.batch_norm``;
+    fused with ``activation`` and ``residual`` as :func:`batch_norm_forward`.
 
     Parameters
     ----------
@@ -466,7 +536,8 @@ def batch_norm(
                 "Expected more than 1 value per channel when training, "
                 f"got input size {tuple(x.shape)}"
             )
-        y, saved = batch_norm_forward(x, weight, bias, eps=eps, channel_axis=axis)
+        y, saved = batch_norm_forward(x, weight, bias, eps=eps, channel_axis=axis,
+                                      activation=activation, residual=residual)
         if running_mean is not None and running_var is not None:
             update_running_stats(
                 running_mean,
@@ -492,6 +563,8 @@ def batch_norm(
         var=running_var,
         eps=eps,
         channel_axis=axis,
+        activation=activation,
+        residual=residual,
     )
     return y
 

@@ -54,6 +54,10 @@ static inline int bnc_team(int n_threads, int64_t items, int64_t elements)
 #define BNC_HOT
 #endif
 #define BNC_NOINLINE __attribute__((noinline))
+/* A function written once with a constant variant argument (see the fused
+ * batch norm passes): inlined into each caller, the variant's branches fold
+ * away and each caller keeps loops of its own. */
+#define BNC_ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* The most lanes of any dtype's contiguous reductions (float: 8 x 4), and
  * their fixed pairwise fold (unused lanes hold zeros). */

@@ -30,6 +30,8 @@ const char *bnc_strerror(int status)
         return "rmax must be >= 1 (not NaN)";
     case BNC_ERR_DMAX:
         return "dmax must be >= 0 (not NaN)";
+    case BNC_ERR_ACTIVATION:
+        return "unknown activation code (BNC_ACT_NONE or BNC_ACT_RELU)";
     default:
         return "unknown bnc status code";
     }

@@ -237,6 +237,63 @@ static int k_bwd_split(enum dtype t, const view_t *v, const void *dy, const void
     return (int)st;
 }
 
+/* The fused kernels; r, res views and y of the backward may be laid out
+ * differently from x (dy, x, dx share vx). */
+static int k_fwd_fused(enum dtype t, int train, const view_t *vx, const void *x, const void *w,
+                       const void *b, const void *m, const void *var, double eps,
+                       const view_t *vr, const void *r, int act, const view_t *vy, void *y,
+                       void *sm, void *si, void *sv, int nt)
+{
+    const char *px = (const char *)x + vx->base * (int64_t)dsize(t);
+    const char *pr = r ? (const char *)r + vr->base * (int64_t)dsize(t) : NULL;
+    char *py = (char *)y + vy->base * (int64_t)dsize(t);
+    if (t == F32)
+        return train ? bnc_batchnorm_fwd_train_fused_f32(vx->d, (const float *)px, vx->s, w, b,
+                                                         eps, (const float *)pr, vr->s, act,
+                                                         (float *)py, vy->s, sm, si, sv, nt)
+                     : bnc_batchnorm_fwd_eval_fused_f32(vx->d, (const float *)px, vx->s, w, b,
+                                                        m, var, eps, (const float *)pr, vr->s,
+                                                        act, (float *)py, vy->s, nt);
+    if (t == F64)
+        return train ? bnc_batchnorm_fwd_train_fused_f64(vx->d, (const double *)px, vx->s, w,
+                                                         b, eps, (const double *)pr, vr->s,
+                                                         act, (double *)py, vy->s, sm, si, sv,
+                                                         nt)
+                     : bnc_batchnorm_fwd_eval_fused_f64(vx->d, (const double *)px, vx->s, w,
+                                                        b, m, var, eps, (const double *)pr,
+                                                        vr->s, act, (double *)py, vy->s, nt);
+    return train ? bnc_batchnorm_fwd_train_fused_f16(vx->d, (const bnc_f16_t *)px, vx->s, w, b,
+                                                     eps, (const bnc_f16_t *)pr, vr->s, act,
+                                                     (bnc_f16_t *)py, vy->s, sm, si, sv, nt)
+                 : bnc_batchnorm_fwd_eval_fused_f16(vx->d, (const bnc_f16_t *)px, vx->s, w, b,
+                                                    m, var, eps, (const bnc_f16_t *)pr, vr->s,
+                                                    act, (bnc_f16_t *)py, vy->s, nt);
+}
+
+static int k_bwd_fused(enum dtype t, int train, const view_t *v, const void *dy,
+                       const view_t *vy, const void *y, int act, const void *x, const void *w,
+                       const void *m, const void *is, void *dx, const view_t *vr, void *dr,
+                       void *dw, void *db, int nt)
+{
+    int64_t off = v->base * (int64_t)dsize(t);
+    const char *pdy = (const char *)dy + off, *px = (const char *)x + off;
+    const char *py = y ? (const char *)y + vy->base * (int64_t)dsize(t) : NULL;
+    char *pdx = (char *)dx + off, *pdr = dr ? (char *)dr + vr->base * (int64_t)dsize(t) : NULL;
+    if (t == F32)
+        return (train ? bnc_batchnorm_bwd_train_fused_f32 : bnc_batchnorm_bwd_eval_fused_f32)(
+            v->d, (const float *)pdy, v->s, (const float *)py, vy->s, act, (const float *)px,
+            v->s, w, m, is, (float *)pdx, v->s, (float *)pdr, vr->s, dw, db, nt);
+    if (t == F64)
+        return (train ? bnc_batchnorm_bwd_train_fused_f64 : bnc_batchnorm_bwd_eval_fused_f64)(
+            v->d, (const double *)pdy, v->s, (const double *)py, vy->s, act,
+            (const double *)px, v->s, w, m, is, (double *)pdx, v->s, (double *)pdr, vr->s, dw,
+            db, nt);
+    return (train ? bnc_batchnorm_bwd_train_fused_f16 : bnc_batchnorm_bwd_eval_fused_f16)(
+        v->d, (const bnc_f16_t *)pdy, v->s, (const bnc_f16_t *)py, vy->s, act,
+        (const bnc_f16_t *)px, v->s, w, m, is, (bnc_f16_t *)pdx, v->s, (bnc_f16_t *)pdr,
+        vr->s, dw, db, nt);
+}
+
 /* ---- one full case: every kernel on one shape, layout and dtype ---- */
 
 static void run_case(bnc_dims_t d, int layout, enum dtype t, double offset, int nt)
@@ -384,6 +441,258 @@ static void run_case(bnc_dims_t d, int layout, enum dtype t, double offset, int 
     }
     free(x); free(y); free(dy); free(dx); free(dx2);
     free(w); free(b); free(rm); free(rv); free(km); free(kv); free(ry); free(rdx); free(tmp);
+}
+
+/* ---- the fused kernels: y = act(bn(x) + r) and its backward, against the
+ * unfused kernels composed with the add and the ReLU done here. In float32
+ * and float64 (P = T) the composition rounds as the fused kernels do: equal
+ * bits. In float16 the fused forward rounds once (the composition twice):
+ * against the double reference. The backward sees the same dz either way:
+ * equal bits in every dtype, except in the packed few-channel layout that
+ * the fused backward leaves out (same sums, another order). ---- */
+
+static int packed_view(const view_t *v)
+{
+    return v->d.inner == 1 && v->d.channels <= 32 && v->s.channel == 1 &&
+           v->s.outer == v->d.channels;
+}
+
+/* Every element of the view, in (o, c, i) order, as doubles. */
+static void view_vals(const view_t *v, enum dtype t, const void *a, double *out)
+{
+    int64_t k = 0;
+    for (int64_t o = 0; o < v->d.outer; o++)
+        for (int64_t c = 0; c < v->d.channels; c++)
+            for (int64_t i = 0; i < v->d.inner; i++, k++)
+                out[k] = get(t, a, at(v, o, c, i));
+}
+
+/* The elements of two views hold the same bits. */
+static int view_same(const view_t *va, const void *a, const view_t *vb, const void *b,
+                     enum dtype t)
+{
+    size_t z = dsize(t);
+    for (int64_t o = 0; o < va->d.outer; o++)
+        for (int64_t c = 0; c < va->d.channels; c++)
+            for (int64_t i = 0; i < va->d.inner; i++)
+                if (memcmp((const char *)a + at(va, o, c, i) * (int64_t)z,
+                           (const char *)b + at(vb, o, c, i) * (int64_t)z, z))
+                    return 0;
+    return 1;
+}
+
+static void run_fused_case(bnc_dims_t d, int layout, enum dtype t, int act, int with_res,
+                           int nt)
+{
+    const int64_t C = d.channels, total = d.outer * C * d.inner;
+    const double tol = t == F64 ? 1e-12 : t == F32 ? 2e-5 : 4e-3, eps = 1e-5;
+    view_t v = make_view(d, layout), vr = make_view(d, (layout + 1) % 4);
+    size_t bytes = (size_t)v.len * dsize(t), rbytes = (size_t)vr.len * dsize(t);
+    size_t pb = (size_t)C * psize(t);
+    void *x = calloc(1, bytes), *r = calloc(1, rbytes), *dy = calloc(1, bytes);
+    void *yf = calloc(1, bytes), *yu = calloc(1, bytes), *dz = calloc(1, bytes);
+    void *dxf = calloc(1, bytes), *dxu = calloc(1, bytes), *dr = calloc(1, rbytes);
+    void *dwf = malloc(pb), *dbf = malloc(pb), *dwu = malloc(pb), *dbu = malloc(pb);
+    void *s1[3], *s2[3];
+    double *w = malloc(sizeof(double) * (size_t)C), *b = malloc(sizeof(double) * (size_t)C);
+    double *vals = malloc(sizeof(double) * (size_t)total), *ry = malloc(sizeof(double) * (size_t)total);
+    double *rvals = malloc(sizeof(double) * (size_t)total);
+    const void *rp = with_res ? r : NULL;
+    int exact = t != F16, bexact = !packed_view(&v);
+    char what[200];
+    snprintf(what, sizeof what, "fused %s outer=%lld C=%lld inner=%lld layout=%d act=%d res=%d nt=%d",
+             dname[t], (long long)d.outer, (long long)C, (long long)d.inner, layout, act,
+             with_res, nt);
+    for (int q = 0; q < 3; q++) {
+        s1[q] = malloc(pb);
+        s2[q] = malloc(pb);
+    }
+    for (int64_t o = 0; o < d.outer; o++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < d.inner; i++) {
+                put(t, x, at(&v, o, c, i), 0.5 * (double)(c % 3) + nrand());
+                put(t, r, at(&vr, o, c, i), 0.5 * nrand());
+                put(t, dy, at(&v, o, c, i), nrand());
+            }
+    for (int64_t c = 0; c < C; c++) {
+        w[c] = (c % 2 ? -1 : 1) * (0.5 + urand());
+        b[c] = 0.3 * nrand();
+        if (t != F64) {
+            w[c] = (float)w[c];
+            b[c] = (float)b[c];
+        }
+    }
+    {
+        void *pw = to_p(t, w, C), *pbias = to_p(t, b, C);
+        double *mu = malloc(sizeof(double) * (size_t)C), *var = malloc(sizeof(double) * (size_t)C);
+        for (int train = 1; train >= 0; train--) {
+            /* forward: the unfused kernel, then + r and the ReLU in P */
+            CHECK(k_fwd_fused(t, train, &v, x, pw, pbias, s2[0], s2[2], eps, &vr, rp, act, &v,
+                              yf, s1[0], s1[1], s1[2], nt) == BNC_OK, "fwd status %s", what);
+            if (train)
+                CHECK(k_fwd_train(t, &v, x, pw, pbias, eps, &v, yu, s2[0], s2[1], s2[2], nt) ==
+                          BNC_OK, "fwd_train status %s", what);
+            else
+                CHECK(k_fwd_eval(t, &v, x, pw, pbias, s2[0], s2[2], eps, &v, yu, nt) == BNC_OK,
+                      "fwd_eval status %s", what);
+            if (train)
+                CHECK(!memcmp(s1[0], s2[0], pb) && !memcmp(s1[1], s2[1], pb) &&
+                          !memcmp(s1[2], s2[2], pb), "saved statistics differ %s", what);
+            from_p(t, s2[0], mu, C);
+            from_p(t, s2[2], var, C);
+            for (int64_t o = 0; o < d.outer; o++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t i = 0; i < d.inner; i++) {
+                        int64_t ki = at(&v, o, c, i), kr = at(&vr, o, c, i);
+                        double u = get(t, yu, ki), rv = with_res ? get(t, r, kr) : 0;
+                        double e = (get(t, x, ki) - mu[c]) / sqrt(var[c] + eps) * w[c] + b[c];
+                        double z = t == F64 ? u + rv : (double)((float)u + (float)rv);
+                        e += rv;
+                        put(t, yu, ki, act && z < 0 ? 0 : z);
+                        ry[(o * C + c) * d.inner + i] = act && e < 0 ? 0 : e;
+                    }
+            if (exact)
+                CHECK(view_same(&v, yf, &v, yu, t), "fused y differs from the composition %s train=%d",
+                      what, train);
+            CHECK(view_err(&v, t, yf, ry) <= tol, "fused y %s train=%d: %g", what, train,
+                  view_err(&v, t, yf, ry));
+
+            /* backward: the unfused kernel on dz */
+            view_vals(&v, t, yf, vals);
+            for (int64_t o = 0; o < d.outer; o++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t i = 0; i < d.inner; i++) {
+                        int64_t ki = at(&v, o, c, i);
+                        if (act && !(get(t, yf, ki) > 0) && !isnan(get(t, yf, ki)))
+                            put(t, dz, ki, 0.0);
+                        else
+                            memcpy((char *)dz + ki * (int64_t)dsize(t),
+                                   (char *)dy + ki * (int64_t)dsize(t), dsize(t));
+                    }
+            CHECK(k_bwd(t, train, &v, dz, x, pw, s2[0], s1[1], dxu, dwu, dbu, nt) == BNC_OK,
+                  "bwd status %s", what);
+            memset(dr, 0xff, rbytes);
+            CHECK(k_bwd_fused(t, train, &v, dy, &v, act ? yf : NULL, act, x, pw, s2[0], s1[1],
+                              dxf, &vr, with_res ? dr : NULL, dwf, dbf, nt) == BNC_OK,
+                  "bwd fused status %s", what);
+            if (with_res)
+                CHECK(view_same(&vr, dr, &v, dz, t), "dres != dz %s train=%d", what, train);
+            if (bexact) {
+                CHECK(view_same(&v, dxf, &v, dxu, t), "fused dx differs %s train=%d", what, train);
+                CHECK(!memcmp(dwf, dwu, pb) && !memcmp(dbf, dbu, pb),
+                      "fused dweight/dbias differ %s train=%d", what, train);
+            } else {
+                view_vals(&v, t, dxu, vals);
+                CHECK(view_err(&v, t, dxf, vals) <= tol * 4, "fused dx %s train=%d: %g", what,
+                      train, view_err(&v, t, dxf, vals));
+                from_p(t, dwu, rvals, C);
+                CHECK(relerr(t, 1, dwf, rvals, NULL, C) <= (t == F64 ? 1e-12 : 1e-5),
+                      "fused dweight %s train=%d", what, train);
+            }
+
+            /* bit-identical for any thread count */
+            if (bnc_openmp_enabled())
+                for (int n = 1; n <= 4; n++) {
+                    CHECK(k_fwd_fused(t, train, &v, x, pw, pbias, s2[0], s2[2], eps, &vr, rp, act,
+                                      &v, yu, s1[0], s1[1], s1[2], n) == BNC_OK, "status %s", what);
+                    CHECK(view_same(&v, yf, &v, yu, t), "fused y differs with %d threads %s", n, what);
+                    CHECK(k_bwd_fused(t, train, &v, dy, &v, act ? yf : NULL, act, x, pw, s2[0],
+                                      s1[1], dxu, &vr, with_res ? dr : NULL, dwu, dbu, n) == BNC_OK,
+                          "status %s", what);
+                    CHECK(view_same(&v, dxf, &v, dxu, t) && !memcmp(dwf, dwu, pb) &&
+                              !memcmp(dbf, dbu, pb), "fused grads differ with %d threads %s", n, what);
+                }
+        }
+        /* in place: y = x and y = r (same view) give the out-of-place bits */
+        if (with_res) {
+            void *xc = malloc(bytes), *rc = malloc(rbytes);
+            view_t vr2 = v;
+            memcpy(xc, x, bytes);
+            k_fwd_fused(t, 0, &v, x, pw, pbias, s2[0], s2[2], eps, &vr, r, act, &v, yf, NULL,
+                        NULL, NULL, nt);
+            CHECK(k_fwd_fused(t, 0, &v, xc, pw, pbias, s2[0], s2[2], eps, &vr, r, act, &v, xc,
+                              NULL, NULL, NULL, nt) == BNC_OK, "status %s", what);
+            CHECK(view_same(&v, yf, &v, xc, t), "y = x in place differs %s", what);
+            /* r in x's layout, overwritten by y */
+            memset(rc, 0, rbytes);
+            rc = realloc(rc, bytes);
+            for (int64_t o = 0; o < d.outer; o++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t i = 0; i < d.inner; i++)
+                        memcpy((char *)rc + at(&v, o, c, i) * (int64_t)dsize(t),
+                               (char *)r + at(&vr, o, c, i) * (int64_t)dsize(t), dsize(t));
+            CHECK(k_fwd_fused(t, 1, &v, x, pw, pbias, NULL, NULL, eps, &vr2, rc, act, &v, rc,
+                              NULL, NULL, NULL, nt) == BNC_OK, "status %s", what);
+            k_fwd_fused(t, 1, &v, x, pw, pbias, NULL, NULL, eps, &vr, r, act, &v, yf, NULL,
+                        NULL, NULL, nt);
+            CHECK(view_same(&v, yf, &v, rc, t), "y = r in place differs %s", what);
+            free(xc);
+            free(rc);
+        }
+        free(pw);
+        free(pbias);
+        free(mu);
+        free(var);
+    }
+    for (int q = 0; q < 3; q++) {
+        free(s1[q]);
+        free(s2[q]);
+    }
+    free(x); free(r); free(dy); free(yf); free(yu); free(dz); free(dxf); free(dxu); free(dr);
+    free(dwf); free(dbf); free(dwu); free(dbu); free(w); free(b); free(vals); free(ry);
+    free(rvals);
+}
+
+static void test_fused_errors(void)
+{
+    float x[8] = {0}, y[8], dx[8], m[2] = {0, 0}, v[2] = {1, 1};
+    bnc_dims_t d = {2, 2, 2};
+    bnc_strides_t s = BNC_CONTIGUOUS(d);
+    CHECK(bnc_batchnorm_fwd_train_fused_f32(d, x, s, NULL, NULL, 1e-5, x, s, 2, y, s, NULL, NULL,
+                                            NULL, 1) == BNC_ERR_ACTIVATION, "activation 2");
+    CHECK(bnc_batchnorm_fwd_eval_fused_f32(d, x, s, NULL, NULL, m, v, 1e-5, NULL, s, -1, y, s,
+                                           1) == BNC_ERR_ACTIVATION, "activation -1");
+    CHECK(bnc_batchnorm_fwd_eval_fused_f32(d, x, s, NULL, NULL, m, v, 0.0, NULL, s, 1, y, s,
+                                           1) == BNC_ERR_EPS, "fused eps");
+    CHECK(bnc_batchnorm_bwd_train_fused_f32(d, x, s, NULL, s, BNC_ACT_RELU, x, s, NULL, m, v, dx,
+                                            s, NULL, s, NULL, NULL, 1) == BNC_ERR_NULL,
+          "ReLU backward without y");
+    CHECK(bnc_batchnorm_bwd_eval_fused_f32(d, x, s, y, s, BNC_ACT_RELU, x, s, NULL, m, v, NULL,
+                                           s, y, s, NULL, NULL, 1) == BNC_ERR_NULL,
+          "fused backward without dx");
+    CHECK(bnc_batchnorm_bwd_eval_fused_f32(d, x, s, y, s, 7, x, s, NULL, m, v, dx, s, NULL, s,
+                                           NULL, NULL, 1) == BNC_ERR_ACTIVATION,
+          "backward activation 7");
+    CHECK(bnc_batchnorm_bwd_train_fused_f32(d, x, s, NULL, s, BNC_ACT_NONE, x, s, NULL, m, v, dx,
+                                            s, NULL, s, NULL, NULL, 0) == BNC_ERR_THREADS,
+          "fused threads");
+    CHECK(strcmp(bnc_strerror(BNC_ERR_ACTIVATION), bnc_strerror(-100)) != 0,
+          "activation error message");
+}
+
+/* A ReLU at exactly 0, -0.0 and NaN: forward as torch.relu, backward mask
+ * as threshold_backward (y <= 0 blocks, NaN passes). */
+static void test_fused_relu_edges(void)
+{
+    bnc_dims_t d = {4, 1, 1};
+    bnc_strides_t s = BNC_CONTIGUOUS(d);
+    float x[4] = {1, 2, 3, 4}, r[4], y[4], dy[4] = {1, 1, 1, 1}, dx[4], dres[4];
+    float m[1] = {0}, v[1] = {1}, w[1] = {1}, b[1] = {0}, is[1] = {1};
+    /* eval with mean 0, var 1 - eps: y = x + r */
+    v[0] = 1.0f - 1e-5f;
+    r[0] = -1.0f;                /* 0 exactly */
+    r[1] = -3.0f;                /* negative -> 0 */
+    r[2] = NAN;                  /* NaN propagates */
+    r[3] = -4.0f;                /* 0 */
+    CHECK(bnc_batchnorm_fwd_eval_fused_f32(d, x, s, w, b, m, v, 1e-5, r, s, BNC_ACT_RELU, y, s,
+                                           1) == BNC_OK, "edges status");
+    CHECK(y[0] == 0 && y[1] == 0 && isnan(y[2]) && y[3] == 0 && !signbit(y[1]),
+          "ReLU edges: %g %g %g %g", y[0], y[1], y[2], y[3]);
+    y[0] = -0.0f;
+    CHECK(bnc_batchnorm_bwd_eval_fused_f32(d, dy, s, y, s, BNC_ACT_RELU, x, s, w, m, is, dx, s,
+                                           dres, s, NULL, NULL, 1) == BNC_OK, "edges bwd status");
+    CHECK(dres[0] == 0 && dres[1] == 0 && dres[2] == 1 && dres[3] == 0 && !signbit(dres[0]),
+          "ReLU mask edges: %g %g %g %g", dres[0], dres[1], dres[2], dres[3]);
 }
 
 /* Every output must be bit-identical for 1..4 threads. */
@@ -734,6 +1043,17 @@ int main(void)
                 run_renorm_case(shapes[si], layout, (enum dtype)t, 1 + (si + layout) % 3);
     run_renorm_case((bnc_dims_t){32, 64, 60}, 0, F32, 2);  /* fused per-channel sweep */
     run_renorm_case((bnc_dims_t){3000, 40, 1}, 1, F64, 2); /* interleaved */
+    test_fused_errors();
+    test_fused_relu_edges();
+    for (int si = 0; si < nshapes; si++)
+        for (int layout = 0; layout < 4; layout++)
+            for (int t = 0; t < 3; t++)
+                for (int v = 0; v < 3; v++) /* ReLU + residual, ReLU, residual */
+                    run_fused_case(shapes[si], layout, (enum dtype)t, v < 2, v != 1,
+                                   1 + (si + layout + v) % 3);
+    run_fused_case((bnc_dims_t){32, 64, 60}, 0, F32, 1, 1, 2);  /* per-channel sweep */
+    run_fused_case((bnc_dims_t){3000, 40, 1}, 1, F64, 1, 1, 2); /* interleaved */
+    run_fused_case((bnc_dims_t){3000, 16, 1}, 0, F16, 1, 1, 2); /* packed forward */
     if (bnc_openmp_enabled()) {
         static const bnc_dims_t tshapes[] = {
             {64, 1, 1000}, {4, 3, 20000}, {32, 64, 60}, {3000, 16, 1}, {2048, 3, 1}, {50, 5, 700},

@@ -31,6 +31,14 @@ typedef struct {
     P *save_r, *save_d;
     P *dweight, *dbias;
     P *cm, *cl, *ca, *cb, *cg;     /* per-channel coefficients, see the apply passes */
+    /* the fused kernels (bnc_batchnorm_*_fused): forward y = act(bn(x) + res);
+     * backward dz = dy masked by the ReLU read from the forward's y (yact),
+     * and dres = dz, the residual's gradient */
+    const T *res, *yact;
+    bnc_strides_t rs, yas;
+    int relu;
+    T *dres;
+    bnc_strides_t drs;
 } F(ctx_t);
 
 /* ---- contiguous runs, reduced into fixed lanes of double ----
@@ -81,6 +89,37 @@ static inline void F(norm_p)(const P *x, P *y, int64_t n, P m, P ml, P a, P s)
         y[i] = ((x[i] - m) - ml) * a + s;
 }
 
+/* ReLU as torch.relu: negatives to 0, NaN propagates, -0.0 stays. */
+static inline P F(relu)(P v)
+{
+    return v < 0 ? (P)0 : v;
+}
+
+/* The gradient through the ReLU whose output is y: dy, or +0 where y <= 0
+ * (torch's threshold_backward(dy, y, 0): a NaN y passes dy). Exact: the bits
+ * of dy or +0, so a fused backward sees the values an unfused one would. */
+static inline T F(relu_grad)(T dy, T y)
+{
+    return LOAD(y) <= 0 ? (T)0 : dy;
+}
+
+/* y = act(((x - m) - ml) * a + s + r): r may be NULL (then relu is set); act
+ * is the ReLU if relu. x, r and y may be the same array. One loop per variant. */
+static inline void F(fuse_p)(const P *x, const P *r, P *y, int64_t n, P m, P ml, P a, P s,
+                             int relu)
+{
+    int64_t i;
+    if (!r)
+        for (i = 0; i < n; i++)
+            y[i] = F(relu)(((x[i] - m) - ml) * a + s);
+    else if (relu)
+        for (i = 0; i < n; i++)
+            y[i] = F(relu)((((x[i] - m) - ml) * a + s) + r[i]);
+    else
+        for (i = 0; i < n; i++)
+            y[i] = (((x[i] - m) - ml) * a + s) + r[i];
+}
+
 /* dx = ((dy - a) - (x - m) * g) * s. */
 static inline void F(grad_p)(const P *restrict dy, const P *restrict x, P *restrict dx,
                              int64_t n, P m, P a, P g, P s)
@@ -101,10 +140,10 @@ static inline void F(scale_p)(const P *restrict dy, P *restrict dx, int64_t n, P
  * multiple of BNC_SUB, so every element keeps its lane and its partial)
  * with the hardware's conversion where it has one; for float32/float64, T
  * is P and runs are read in place. */
-#if STAGED
 #ifndef BNC_STAGE
 #define BNC_STAGE 512
 #endif
+#if STAGED
 
 static inline void F(run_sum)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
                              double *a)
@@ -154,6 +193,20 @@ static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P ml, P a, P s
     }
 }
 
+static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P ml, P a,
+                               P s, int relu)
+{
+    P b[BNC_STAGE], c[BNC_STAGE];
+    for (int64_t o = 0; o < n; o += BNC_STAGE) {
+        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+        bnc_f16_load(b, x + o, m);
+        if (r)
+            bnc_f16_load(c, r + o, m);
+        F(fuse_p)(b, r ? c : NULL, b, m, mu, ml, a, s, relu);
+        bnc_f16_store(y + o, b, m);
+    }
+}
+
 static inline void F(run_grad)(const T *dy, const T *x, T *dx, int64_t n, P mu, P a, P g,
                                P s)
 {
@@ -197,6 +250,11 @@ static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P ml, P a, P s
 {
     F(norm_p)(x, y, n, mu, ml, a, s);
 }
+static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P ml, P a,
+                               P s, int relu)
+{
+    F(fuse_p)(x, r, y, n, mu, ml, a, s, relu);
+}
 static inline void F(run_grad)(const T *dy, const T *x, T *dx, int64_t n, P mu, P a, P g,
                                P s)
 {
@@ -207,6 +265,33 @@ static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
     F(scale_p)(dy, dx, n, a);
 }
 #endif
+
+/* The elementwise pass of the fused backward with a ReLU and no residual
+ * gradient to keep dz in, over a run: dz = relu_grad(dy, y), staged in L1 in
+ * chunks, then dx = run_grad(dz). */
+static void F(run_grad_relu)(const T *dy, const T *y, const T *x, T *dx, int64_t n, P mu,
+                             P a, P g, P s)
+{
+    T z[BNC_STAGE];
+    for (int64_t o = 0; o < n; o += BNC_STAGE) {
+        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
+        for (int64_t i = 0; i < m; i++)
+            z[i] = F(relu_grad)(dy[o + i], y[o + i]);
+        F(run_grad)(z, x + o, dx + o, m, mu, a, g, s);
+    }
+}
+
+/* z = relu_grad(dy, y) over `rows` runs of n elements (dy, y and z runs gs,
+ * ys and zs apart): one block of the slab layout, which the reductions then
+ * read as they would dy (z: the residual's gradient, or a dense buffer of
+ * BNC_BLOCK elements). */
+static void F(relu_block)(const T *dy, int64_t gs, const T *y, int64_t ys, int64_t rows,
+                          int64_t n, T *restrict z, int64_t zs)
+{
+    for (int64_t r = 0; r < rows; r++, dy += gs, y += ys, z += zs)
+        for (int64_t i = 0; i < n; i++)
+            z[i] = F(relu_grad)(dy[i], y[i]);
+}
 
 /* dst[j] = src[j % C] for j < L (L a multiple of C): per-channel values
  * repeated along a packed run. */
@@ -568,9 +653,22 @@ BNC_HOT static void F(packed_grad)(const F(ctx_t) *k, int64_t r0, int64_t r1, co
     }
 }
 
+/* The value of dz (a T) at g, y: the ReLU's gradient mask in the fused
+ * backward with a ReLU (mode 2), else dy itself. */
+static inline T F(dz)(const T *g, const T *y, int mode)
+{
+    return mode == 2 ? F(relu_grad)(*g, *y) : *g;
+}
+
 /* Slab: part[0..1] for (c, j). Interleaved: part is [3][C] (sums, mean).
- * With write_in_reduce, dx = dy * ca is written in the same pass. */
-BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *part)
+ * With write_in_reduce, dx = dy * ca is written in the same pass.
+ * mode: 0 batch norm; the fused backward: 1 with dz = dy (residual only),
+ * 2 with dz masked by the ReLU (read from y). Modes 1 and 2 write dres = dz
+ * here when it is given: the elementwise pass then reads dz from it, not dy
+ * and y again. The reductions read dz as the unfused kernel reads dy (the
+ * same values in the same order: the same bits). */
+static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j, double *part,
+                                               const int mode)
 {
     const F(ctx_t) *k = vctx;
     const bnc_plan_t *p = &k->plan;
@@ -578,18 +676,36 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
     bnc_chunk_blocks(p, j, &b0, &b1);
     if (!p->interleaved) {
         const T *xc = k->x + c * k->xs.channel, *dyc = k->dy + c * k->dys.channel;
+        const T *yc = mode == 2 ? k->yact + c * k->yas.channel : NULL;
         T *dxc = k->write_in_reduce ? k->out + c * k->os.channel : NULL;
+        T *drc = mode && k->dres ? k->dres + c * k->drs.channel : NULL;
         double ldy[BNC_LANES] = {0}, ldyx[BNC_LANES] = {0}, m = (double)k->mean_in[c];
         P scale = k->write_in_reduce ? k->ca[c] : (P)0;
+        T zb[BNC_BLOCK]; /* dz of a block (mode 2; optimized away otherwise) */
         for (int64_t b = b0; b < b1; b++) {
+            const T *g;
+            int64_t gs = k->dys.outer;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
-            F(run_sum)(dyc + r0 * k->dys.outer + i0, r1 - r0, k->dys.outer, i1 - i0, 0.0, ldy);
-            F(run_dot)(dyc + r0 * k->dys.outer + i0, k->dys.outer, xc + r0 * k->xs.outer + i0,
-                       k->xs.outer, r1 - r0, i1 - i0, m, ldyx);
+            g = dyc + r0 * gs + i0;
+            if (mode == 2) { /* dz into dres, or a buffer */
+                T *z = drc ? drc + r0 * k->drs.outer + i0 : zb;
+                int64_t zs = drc ? k->drs.outer : i1 - i0;
+                F(relu_block)(g, gs, yc + r0 * k->yas.outer + i0, k->yas.outer, r1 - r0,
+                              i1 - i0, z, zs);
+                g = z;
+                gs = zs;
+            } else if (mode && drc) {
+                for (int64_t r = r0; r < r1; r++)
+                    memcpy(drc + r * k->drs.outer + i0, g + (r - r0) * gs,
+                           sizeof(T) * (size_t)(i1 - i0));
+            }
+            F(run_sum)(g, r1 - r0, gs, i1 - i0, 0.0, ldy);
+            F(run_dot)(g, gs, xc + r0 * k->xs.outer + i0, k->xs.outer, r1 - r0, i1 - i0, m,
+                       ldyx);
             if (dxc)
                 for (int64_t r = r0; r < r1; r++)
-                    F(run_scale)(dyc + r * k->dys.outer + i0, dxc + r * k->os.outer + i0,
-                                 i1 - i0, scale);
+                    F(run_scale)(g + (r - r0) * gs, dxc + r * k->os.outer + i0, i1 - i0,
+                                 scale);
         }
         part[0] = bnc_lanes_sum(ldy);
         part[1] = bnc_lanes_sum(ldyx);
@@ -597,6 +713,9 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
         const int64_t C = p->channels;
         double *restrict sdy = part, *restrict sdyx = part + C, *restrict md = part + 2 * C;
         const int64_t xo = k->xs.outer, go = k->dys.outer;
+        /* y's rows (channels are unit-strided in this layout); dy's own when
+         * there is no mask, never read then */
+        const int64_t yo = mode == 2 ? k->yas.outer : go;
         int64_t r;
         for (int64_t ch = 0; ch < C; ch++) {
             sdy[ch] = sdyx[ch] = 0;
@@ -604,25 +723,30 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
         }
         r0 = b0 * p->rows;
         r1 = b1 * p->rows < p->outer ? b1 * p->rows : p->outer;
-        if (k->packed) {
+        if (!mode && k->packed) {
             F(packed_grad)(k, r0, r1, md, sdy, sdyx);
             return;
         }
         for (r = r0; r + 4 <= r1; r += 4) {
             const T *restrict x0 = k->x + r * xo, *restrict g0 = k->dy + r * go;
+            const T *y0 = mode == 2 ? k->yact + r * yo : g0;
             for (int64_t ch = 0; ch < C; ch++) {
-                const T *q = x0 + ch, *g = g0 + ch;
+                const T *q = x0 + ch, *g = g0 + ch, *yq = y0 + ch;
                 const P m = k->mean_in[ch];
-                sdy[ch] += (double)((LOAD(g[0]) + LOAD(g[go])) + (LOAD(g[2 * go]) + LOAD(g[3 * go])));
-                sdyx[ch] += (double)((LOAD(g[0]) * (LOAD(q[0]) - m) + LOAD(g[go]) * (LOAD(q[xo]) - m)) +
-                                     (LOAD(g[2 * go]) * (LOAD(q[2 * xo]) - m) +
-                                      LOAD(g[3 * go]) * (LOAD(q[3 * xo]) - m)));
+                const P g_0 = LOAD(F(dz)(g, yq, mode)), g_1 = LOAD(F(dz)(g + go, yq + yo, mode));
+                const P g_2 = LOAD(F(dz)(g + 2 * go, yq + 2 * yo, mode));
+                const P g_3 = LOAD(F(dz)(g + 3 * go, yq + 3 * yo, mode));
+                sdy[ch] += (double)((g_0 + g_1) + (g_2 + g_3));
+                sdyx[ch] += (double)((g_0 * (LOAD(q[0]) - m) + g_1 * (LOAD(q[xo]) - m)) +
+                                     (g_2 * (LOAD(q[2 * xo]) - m) +
+                                      g_3 * (LOAD(q[3 * xo]) - m)));
             }
         }
         for (; r < r1; r++) {
             const T *restrict xr = k->x + r * xo, *restrict dyr = k->dy + r * go;
+            const T *yr = mode == 2 ? k->yact + r * yo : dyr;
             for (int64_t ch = 0; ch < C; ch++) {
-                double g = (double)LOAD(dyr[ch]);
+                double g = (double)LOAD(F(dz)(dyr + ch, yr + ch, mode));
                 sdy[ch] += g;
                 sdyx[ch] += g * ((double)LOAD(xr[ch]) - md[ch]);
             }
@@ -630,11 +754,38 @@ BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *par
         if (k->write_in_reduce)
             for (r = r0; r < r1; r++) {
                 const T *restrict dyr = k->dy + r * go;
+                const T *yr = mode == 2 ? k->yact + r * yo : dyr;
                 T *restrict dxr = k->out + r * k->os.outer;
                 for (int64_t ch = 0; ch < C; ch++)
-                    dxr[ch * k->os.channel] = STORE(LOAD(dyr[ch]) * k->ca[ch]);
+                    dxr[ch * k->os.channel] = STORE(LOAD(F(dz)(dyr + ch, yr + ch, mode)) * k->ca[ch]);
+            }
+        if (mode && k->dres) /* the rows again, from cache */
+            for (r = r0; r < r1; r++) {
+                const T *restrict dyr = k->dy + r * go;
+                const T *yr = mode == 2 ? k->yact + r * yo : dyr;
+                T *restrict drr = k->dres + r * k->drs.outer;
+                const int64_t dc = k->drs.channel;
+                if (dc == 1) /* the common case, a loop of its own */
+                    for (int64_t ch = 0; ch < C; ch++)
+                        drr[ch] = F(dz)(dyr + ch, yr + ch, mode);
+                else
+                    for (int64_t ch = 0; ch < C; ch++)
+                        drr[ch * dc] = F(dz)(dyr + ch, yr + ch, mode);
             }
     }
+}
+
+BNC_HOT static void F(reduce_grad)(void *vctx, int64_t c, int64_t j, double *part)
+{
+    F(reduce_grad_t)(vctx, c, j, part, 0);
+}
+BNC_HOT static void F(reduce_grad_res)(void *vctx, int64_t c, int64_t j, double *part)
+{
+    F(reduce_grad_t)(vctx, c, j, part, 1);
+}
+BNC_HOT static void F(reduce_grad_relu)(void *vctx, int64_t c, int64_t j, double *part)
+{
+    F(reduce_grad_t)(vctx, c, j, part, 2);
 }
 
 /* Fold the sums of channels c0..c1-1 in chunk order; store them (reduce
@@ -680,18 +831,45 @@ static inline void F(norm_row)(const T *x, T *y, int64_t n, const P *restrict m,
         y[c] = STORE(((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]);
 }
 
-/* Forward: y = ((x - cm) - cl) * ca + cb over a span (see bnc_sweep_t). */
-BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
-                                  int64_t r1, int64_t i0, int64_t i1)
+/* y[c] = act(((x[c] - m[c]) - ml[c]) * a[c] + s[c] + r[c]) for c in [0, n),
+ * as fuse_p with per-channel coefficients; r may be NULL (then relu is set).
+ * x, r and y may be the same array. */
+static inline void F(fuse_row)(const T *x, const T *r, T *y, int64_t n, const P *restrict m,
+                               const P *restrict ml, const P *restrict a, const P *restrict s,
+                               int relu)
+{
+    int64_t c;
+    if (!r)
+        for (c = 0; c < n; c++)
+            y[c] = STORE(F(relu)(((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]));
+    else if (relu)
+        for (c = 0; c < n; c++)
+            y[c] = STORE(F(relu)((((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]) + LOAD(r[c])));
+    else
+        for (c = 0; c < n; c++)
+            y[c] = STORE((((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]) + LOAD(r[c]));
+}
+
+/* Forward: y = ((x - cm) - cl) * ca + cb over a span (see bnc_sweep_t); fused
+ * (the fused kernels): y = act(that + res), res and act as in the ctx. */
+static BNC_ALWAYS_INLINE void F(apply_norm_t)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                              int64_t r1, int64_t i0, int64_t i1,
+                                              const int fused)
 {
     const F(ctx_t) *k = vctx;
     const P *restrict m = k->cm, *restrict ml = k->cl, *restrict a = k->ca,
             *restrict s = k->cb;
     const int64_t yc = k->os.channel;
-    if (k->packed && c0 == 0 && c1 == k->plan.channels) {
+    const int64_t rc = fused && k->res ? k->rs.channel : 1;
+    const int relu = fused && k->relu;
+    /* packed (from x and y alone, as it shapes the reductions too) needs a
+     * dense residual as well here; otherwise the row loops below */
+    if (k->packed && c0 == 0 && c1 == k->plan.channels &&
+        (!fused || !k->res || (k->rs.outer == c1 && k->rs.channel == 1))) {
         /* few channels, whole dense rows: one run, coefficients repeated */
         const int64_t C = c1, L = bnc_pack_lanes(C, r1 - r0), len = (r1 - r0) * C;
         const T *xb = k->x + r0 * C;
+        const T *rb = fused && k->res ? k->res + r0 * C : NULL;
         T *yb = k->out + r0 * C;
         P em[BNC_PACK], eml[BNC_PACK], ea[BNC_PACK], es[BNC_PACK];
         int64_t i;
@@ -699,6 +877,12 @@ BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0
         F(repeat)(eml, ml, C, L);
         F(repeat)(ea, a, C, L);
         F(repeat)(es, s, C, L);
+        if (fused) {
+            for (i = 0; i + L <= len; i += L)
+                F(fuse_row)(xb + i, rb ? rb + i : NULL, yb + i, L, em, eml, ea, es, relu);
+            F(fuse_row)(xb + i, rb ? rb + i : NULL, yb + i, len - i, em, eml, ea, es, relu);
+            return;
+        }
         for (i = 0; i + L <= len; i += L)
             F(norm_row)(xb + i, yb + i, L, em, eml, ea, es);
         F(norm_row)(xb + i, yb + i, len - i, em, eml, ea, es);
@@ -706,8 +890,22 @@ BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0
     }
     for (int64_t r = r0; r < r1; r++) {
         const T *xr = k->x + r * k->xs.outer;
+        const T *rr = fused && k->res ? k->res + r * k->rs.outer : NULL;
         T *yr = k->out + r * k->os.outer;
-        if (k->plan.interleaved && yc == 1) /* x and y may be the same array */
+        if (fused && k->plan.interleaved && yc == 1 && rc == 1) /* x, r, y may be the same */
+            F(fuse_row)(xr + c0, rr ? rr + c0 : NULL, yr + c0, c1 - c0, m + c0, ml + c0,
+                        a + c0, s + c0, relu);
+        else if (fused && k->plan.interleaved) /* strided output: rare, per element */
+            for (int64_t c = c0; c < c1; c++) {
+                P v = ((LOAD(xr[c]) - m[c]) - ml[c]) * a[c] + s[c];
+                v = rr ? v + LOAD(rr[c * rc]) : v;
+                yr[c * yc] = STORE(relu ? F(relu)(v) : v);
+            }
+        else if (fused)
+            for (int64_t c = c0; c < c1; c++)
+                F(run_fuse)(xr + c * k->xs.channel + i0, rr ? rr + c * rc + i0 : NULL,
+                            yr + c * yc + i0, i1 - i0, m[c], ml[c], a[c], s[c], relu);
+        else if (k->plan.interleaved && yc == 1) /* x and y may be the same array */
             F(norm_row)(xr + c0, yr + c0, c1 - c0, m + c0, ml + c0, a + c0, s + c0);
         else if (k->plan.interleaved)
             for (int64_t c = c0; c < c1; c++)
@@ -719,16 +917,32 @@ BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0
     }
 }
 
-/* Backward through batch statistics over a span:
- * dx = ((dy - ca) - (x - cm) * cg) * cb. */
-BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+BNC_HOT static void F(apply_norm)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
                                   int64_t r1, int64_t i0, int64_t i1)
+{
+    F(apply_norm_t)(vctx, c0, c1, r0, r1, i0, i1, 0);
+}
+BNC_HOT static void F(apply_fused)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                   int64_t r1, int64_t i0, int64_t i1)
+{
+    F(apply_norm_t)(vctx, c0, c1, r0, r1, i0, i1, 1);
+}
+
+/* Backward through batch statistics over a span:
+ * dx = ((dz - ca) - (x - cm) * cg) * cb; mode 0: dz = dy; the fused
+ * backward: 1, dz read from dres (written by the reduction pass); 2, dz =
+ * dy masked by the ReLU read from y (no dres to keep it in). */
+static BNC_ALWAYS_INLINE void F(apply_grad_t)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                              int64_t r1, int64_t i0, int64_t i1,
+                                              const int mode)
 {
     const F(ctx_t) *k = vctx;
     const P *restrict m = k->cm, *restrict a = k->ca, *restrict g = k->cg,
             *restrict s = k->cb;
     const int64_t dc = k->os.channel;
-    if (k->packed && c0 == 0 && c1 == k->plan.channels) {
+    const T *gsrc = mode == 1 ? k->dres : k->dy; /* dz */
+    const bnc_strides_t gst = mode == 1 ? k->drs : k->dys;
+    if (!mode && k->packed && c0 == 0 && c1 == k->plan.channels) {
         /* few channels, whole dense rows: one run, coefficients repeated */
         const int64_t C = c1, L = bnc_pack_lanes(C, r1 - r0), len = (r1 - r0) * C;
         const T *restrict xb = k->x + r0 * C, *restrict gb = k->dy + r0 * C;
@@ -748,16 +962,45 @@ BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0
     }
     for (int64_t r = r0; r < r1; r++) {
         const T *restrict xr = k->x + r * k->xs.outer;
-        const T *restrict dyr = k->dy + r * k->dys.outer;
+        const T *restrict dyr = gsrc + r * gst.outer;
+        const T *yr = mode == 2 ? k->yact + r * k->yas.outer : dyr;
         T *restrict dxr = k->out + r * k->os.outer;
-        if (k->plan.interleaved)
+        if (mode == 2 && !k->plan.interleaved) {
             for (int64_t c = c0; c < c1; c++)
-                dxr[c * dc] = STORE(((LOAD(dyr[c]) - a[c]) - (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
-        else
+                F(run_grad_relu)(dyr + c * gst.channel + i0, yr + c * k->yas.channel + i0,
+                                 xr + c * k->xs.channel + i0, dxr + c * dc + i0, i1 - i0,
+                                 m[c], a[c], g[c], s[c]);
+        } else if (k->plan.interleaved && (mode != 1 || gst.channel == 1)) {
+            /* dy's and y's channels are unit-strided in this layout */
             for (int64_t c = c0; c < c1; c++)
-                F(run_grad)(dyr + c * k->dys.channel + i0, xr + c * k->xs.channel + i0,
+                dxr[c * dc] = STORE(((LOAD(F(dz)(dyr + c, yr + c, mode)) - a[c]) -
+                                     (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
+        } else if (k->plan.interleaved) { /* dres with strided channels: rare */
+            for (int64_t c = c0; c < c1; c++)
+                dxr[c * dc] = STORE(((LOAD(dyr[c * gst.channel]) - a[c]) -
+                                     (LOAD(xr[c]) - m[c]) * g[c]) * s[c]);
+        } else {
+            for (int64_t c = c0; c < c1; c++)
+                F(run_grad)(dyr + c * gst.channel + i0, xr + c * k->xs.channel + i0,
                             dxr + c * dc + i0, i1 - i0, m[c], a[c], g[c], s[c]);
+        }
     }
+}
+
+BNC_HOT static void F(apply_grad)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                  int64_t r1, int64_t i0, int64_t i1)
+{
+    F(apply_grad_t)(vctx, c0, c1, r0, r1, i0, i1, 0);
+}
+BNC_HOT static void F(apply_grad_dres)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                       int64_t r1, int64_t i0, int64_t i1)
+{
+    F(apply_grad_t)(vctx, c0, c1, r0, r1, i0, i1, 1);
+}
+BNC_HOT static void F(apply_grad_relu)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
+                                       int64_t r1, int64_t i0, int64_t i1)
+{
+    F(apply_grad_t)(vctx, c0, c1, r0, r1, i0, i1, 2);
 }
 
 /* ---- entry points ---- */
@@ -818,8 +1061,9 @@ int F(bnc_batchnorm_stats)(bnc_dims_t d, const T *x, bnc_strides_t xs, double *m
  * soon as its statistics are final (see finalize_moments). */
 static int F(fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weight,
                         const P *bias, const P *run_mean, const P *run_var, double rmax,
-                        double dmax, double eps, T *y, bnc_strides_t ys, P *save_mean,
-                        P *save_invstd, P *save_var, P *save_r, P *save_d, int n_threads)
+                        double dmax, double eps, const T *res, bnc_strides_t rs, int relu,
+                        T *y, bnc_strides_t ys, P *save_mean, P *save_invstd, P *save_var,
+                        P *save_r, P *save_d, int n_threads)
 {
     F(ctx_t) k = {0};
     int st = bnc_check_dims(d, n_threads);
@@ -835,6 +1079,9 @@ static int F(fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *wei
     k.out = y;
     k.os = ys;
     k.packed = bnc_packable(&k.plan, xs, xs, ys);
+    k.res = res;
+    k.rs = rs;
+    k.relu = relu;
     k.weight = weight;
     k.bias = bias;
     k.eps = eps;
@@ -849,8 +1096,8 @@ static int F(fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *wei
     k.save_d = save_d;
     if ((st = F(coef_alloc)(&k, 4)))
         return st;
-    st = F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments), F(apply_norm),
-                  n_threads);
+    st = F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments),
+                  res || relu ? F(apply_fused) : F(apply_norm), n_threads);
     free(k.ca);
     return st;
 }
@@ -860,8 +1107,21 @@ int F(bnc_batchnorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
                                bnc_strides_t ys, P *save_mean, P *save_invstd,
                                P *save_var, int n_threads)
 {
-    return F(fwd_train)(d, x, xs, weight, bias, NULL, NULL, 1.0, 0.0, eps, y, ys, save_mean,
-                        save_invstd, save_var, NULL, NULL, n_threads);
+    return F(fwd_train)(d, x, xs, weight, bias, NULL, NULL, 1.0, 0.0, eps, NULL, xs, 0, y, ys,
+                        save_mean, save_invstd, save_var, NULL, NULL, n_threads);
+}
+
+int F(bnc_batchnorm_fwd_train_fused)(bnc_dims_t d, const T *x, bnc_strides_t xs,
+                                     const P *weight, const P *bias, double eps,
+                                     const T *residual, bnc_strides_t rs, int activation,
+                                     T *y, bnc_strides_t ys, P *save_mean, P *save_invstd,
+                                     P *save_var, int n_threads)
+{
+    if (activation != BNC_ACT_NONE && activation != BNC_ACT_RELU)
+        return BNC_ERR_ACTIVATION;
+    return F(fwd_train)(d, x, xs, weight, bias, NULL, NULL, 1.0, 0.0, eps, residual, rs,
+                        activation == BNC_ACT_RELU, y, ys, save_mean, save_invstd, save_var,
+                        NULL, NULL, n_threads);
 }
 
 int F(bnc_batchrenorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
@@ -881,13 +1141,13 @@ int F(bnc_batchrenorm_fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     if (!(dmax >= 0.0))
         return BNC_ERR_DMAX;
     return F(fwd_train)(d, x, xs, weight, bias, running_mean, running_var, rmax, dmax, eps,
-                        y, ys, save_mean, save_invstd, save_var, save_r, save_d, n_threads);
+                        NULL, xs, 0, y, ys, save_mean, save_invstd, save_var, save_r, save_d,
+                        n_threads);
 }
 
-int F(bnc_batchnorm_fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs,
-                              const P *weight, const P *bias, const P *mean,
-                              const P *var, double eps, T *y, bnc_strides_t ys,
-                              int n_threads)
+static int F(fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weight,
+                       const P *bias, const P *mean, const P *var, double eps, const T *res,
+                       bnc_strides_t rs, int relu, T *y, bnc_strides_t ys, int n_threads)
 {
     F(ctx_t) k = {0};
     int st = bnc_check_dims(d, n_threads);
@@ -903,15 +1163,39 @@ int F(bnc_batchnorm_fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs,
     k.out = y;
     k.os = ys;
     k.packed = bnc_packable(&k.plan, xs, xs, ys);
+    k.res = res;
+    k.rs = rs;
+    k.relu = relu;
     if ((st = F(coef_alloc)(&k, 4)))
         return st;
     k.weight = weight;
     k.bias = bias;
     for (int64_t c = 0; c < d.channels; c++)
         F(set_norm_coef)(&k, c, (double)mean[c], 1.0 / sqrt((double)var[c] + eps), 1.0, 0.0);
-    st = F(sweep)(&k, 0, 0, NULL, NULL, F(apply_norm), n_threads);
+    st = F(sweep)(&k, 0, 0, NULL, NULL, res || relu ? F(apply_fused) : F(apply_norm),
+                  n_threads);
     free(k.ca);
     return st;
+}
+
+int F(bnc_batchnorm_fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs,
+                              const P *weight, const P *bias, const P *mean,
+                              const P *var, double eps, T *y, bnc_strides_t ys,
+                              int n_threads)
+{
+    return F(fwd_eval)(d, x, xs, weight, bias, mean, var, eps, NULL, xs, 0, y, ys, n_threads);
+}
+
+int F(bnc_batchnorm_fwd_eval_fused)(bnc_dims_t d, const T *x, bnc_strides_t xs,
+                                    const P *weight, const P *bias, const P *mean,
+                                    const P *var, double eps, const T *residual,
+                                    bnc_strides_t rs, int activation, T *y, bnc_strides_t ys,
+                                    int n_threads)
+{
+    if (activation != BNC_ACT_NONE && activation != BNC_ACT_RELU)
+        return BNC_ERR_ACTIVATION;
+    return F(fwd_eval)(d, x, xs, weight, bias, mean, var, eps, residual, rs,
+                       activation == BNC_ACT_RELU, y, ys, n_threads);
 }
 
 /* Shared set-up of the backward kernels. */
@@ -938,18 +1222,42 @@ static int F(grad_setup)(F(ctx_t) *k, bnc_dims_t d, const T *dy, bnc_strides_t d
 /* Both backward kernels: through the batch statistics (train) or with the
  * statistics held constant, where dx = dy * weight * invstd is written in the
  * single reduction pass. */
-static int F(bwd)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *x,
-                  bnc_strides_t xs, const P *weight, const P *mean, const P *invstd,
-                  T *dx, bnc_strides_t dxs, P *dweight, P *dbias, int n_threads)
+/* Every backward kernel: through the batch statistics (train) or with the
+ * statistics held constant, where dx = dz * weight * invstd is written in the
+ * single reduction pass. dz = dy, or dy masked by the ReLU whose output is y
+ * (relu); dres (if given) receives dz in the reduction pass, and the
+ * elementwise pass reads dz back from it (two arrays, not dy and y). A ReLU
+ * needs y; dres needs dx. The fused kernels leave the packed few-channel
+ * layout out (packed = 0): their interleaved passes run row by row. */
+static int F(bwd_fused)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *y,
+                        bnc_strides_t ys, int relu, const T *x, bnc_strides_t xs,
+                        const P *weight, const P *mean, const P *invstd, T *dx,
+                        bnc_strides_t dxs, T *dres, bnc_strides_t drs, P *dweight, P *dbias,
+                        int n_threads)
 {
     F(ctx_t) k = {0};
+    const int mode = relu ? 2 : dres ? 1 : 0, amode = dres ? 1 : relu ? 2 : 0;
+    void (*const reduce[3])(void *, int64_t, int64_t, double *) = {
+        F(reduce_grad), F(reduce_grad_res), F(reduce_grad_relu)};
+    /* the elementwise pass: from dy, from dres, from dy and y */
+    void (*const apply[3])(void *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                           int64_t) = {F(apply_grad), F(apply_grad_dres), F(apply_grad_relu)};
     int st = F(grad_setup)(&k, d, dy, dys, x, xs, mean, invstd, n_threads);
     if (st)
         return st;
+    if ((relu && !y) || (dres && !dx))
+        return BNC_ERR_NULL;
+    if (relu && k.plan.interleaved && ys.channel != 1) /* the rows read y unit-strided */
+        bnc_plan_make(&k.plan, d, 0);
     k.weight = weight;
     k.out = dx;
     k.os = dxs;
-    k.packed = k.packed && (!dx || bnc_packable(&k.plan, xs, dys, dxs));
+    k.packed = !mode && k.packed && (!dx || bnc_packable(&k.plan, xs, dys, dxs));
+    k.yact = y;
+    k.yas = ys;
+    k.relu = relu;
+    k.dres = dres;
+    k.drs = drs;
     k.dweight = dweight;
     k.dbias = dbias;
     if (dx && (st = F(coef_alloc)(&k, train ? 5 : 1)))
@@ -959,10 +1267,55 @@ static int F(bwd)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys, const
         for (int64_t c = 0; c < d.channels; c++)
             k.ca[c] = (P)((weight ? (double)weight[c] : 1.0) * (double)invstd[c]);
     }
-    st = F(sweep)(&k, 2, 3, F(reduce_grad), F(finalize_grad),
-                  dx && train ? F(apply_grad) : NULL, n_threads);
+    st = F(sweep)(&k, 2, 3, reduce[mode], F(finalize_grad), dx && train ? apply[amode] : NULL,
+                  n_threads);
     free(k.ca);
     return st;
+}
+
+static int F(bwd)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *x,
+                  bnc_strides_t xs, const P *weight, const P *mean, const P *invstd,
+                  T *dx, bnc_strides_t dxs, P *dweight, P *dbias, int n_threads)
+{
+    return F(bwd_fused)(train, d, dy, dys, NULL, dys, 0, x, xs, weight, mean, invstd, dx, dxs,
+                        NULL, dxs, dweight, dbias, n_threads);
+}
+
+/* The public fused backward: the activation code checked, then bwd_fused. */
+static int F(bwd_act)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *y,
+                      bnc_strides_t ys, int activation, const T *x, bnc_strides_t xs,
+                      const P *weight, const P *mean, const P *invstd, T *dx,
+                      bnc_strides_t dxs, T *dres, bnc_strides_t drs, P *dweight, P *dbias,
+                      int n_threads)
+{
+    if (activation != BNC_ACT_NONE && activation != BNC_ACT_RELU)
+        return BNC_ERR_ACTIVATION;
+    if (!dx)
+        return BNC_ERR_NULL;
+    return F(bwd_fused)(train, d, dy, dys, y, ys, activation == BNC_ACT_RELU, x, xs, weight,
+                        mean, invstd, dx, dxs, dres, drs, dweight, dbias, n_threads);
+}
+
+int F(bnc_batchnorm_bwd_train_fused)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
+                                     const T *y, bnc_strides_t ys, int activation,
+                                     const T *x, bnc_strides_t xs, const P *weight,
+                                     const P *mean, const P *invstd, T *dx,
+                                     bnc_strides_t dxs, T *dresidual, bnc_strides_t drs,
+                                     P *dweight, P *dbias, int n_threads)
+{
+    return F(bwd_act)(1, d, dy, dys, y, ys, activation, x, xs, weight, mean, invstd, dx, dxs,
+                      dresidual, drs, dweight, dbias, n_threads);
+}
+
+int F(bnc_batchnorm_bwd_eval_fused)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
+                                    const T *y, bnc_strides_t ys, int activation,
+                                    const T *x, bnc_strides_t xs, const P *weight,
+                                    const P *mean, const P *invstd, T *dx,
+                                    bnc_strides_t dxs, T *dresidual, bnc_strides_t drs,
+                                    P *dweight, P *dbias, int n_threads)
+{
+    return F(bwd_act)(0, d, dy, dys, y, ys, activation, x, xs, weight, mean, invstd, dx, dxs,
+                      dresidual, drs, dweight, dbias, n_threads);
 }
 
 int F(bnc_batchnorm_bwd_train)(bnc_dims_t d, const T *dy, bnc_strides_t dys,

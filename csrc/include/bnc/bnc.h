@@ -53,7 +53,12 @@ extern "C" {
 #define BNC_ERR_COUNT (-6)     /* count < 1 where a mean is taken */
 #define BNC_ERR_RMAX (-7)      /* batch renorm: rmax is NaN or < 1 */
 #define BNC_ERR_DMAX (-8)      /* batch renorm: dmax is NaN or < 0 */
-#define BNC_ERR_LAST BNC_ERR_DMAX
+#define BNC_ERR_ACTIVATION (-9) /* fused batch norm: unknown activation code */
+#define BNC_ERR_LAST BNC_ERR_ACTIVATION
+
+/* Activations of the fused batch norm kernels. */
+#define BNC_ACT_NONE 0
+#define BNC_ACT_RELU 1 /* max(v, 0) as torch.relu: NaN propagates, -0.0 stays */
 
 /* Sizes of the canonical view. */
 typedef struct bnc_dims {
@@ -133,6 +138,36 @@ bnc_f16_t bnc_f32_to_f16(float f);
  *     double[C] and may be all-reduced across processes between the calls;
  *     count is the global number of elements per channel.
  *
+ * bnc_batchnorm_fwd_train_fused_SFX(d, x, xs, weight, bias, eps, residual, rs,
+ *                                   activation, y, ys, save_mean, save_invstd,
+ *                                   save_var, n_threads)
+ * bnc_batchnorm_fwd_eval_fused_SFX(d, x, xs, weight, bias, mean, var, eps,
+ *                                  residual, rs, activation, y, ys, n_threads)
+ *     fwd_train / fwd_eval fused with a residual add and an activation:
+ *     y = act(bn(x) + residual), act = BNC_ACT_NONE (identity) or
+ *     BNC_ACT_RELU (max(v, 0) as torch.relu: NaN propagates), else
+ *     BNC_ERR_ACTIVATION. residual (T, strides rs in the same view as x) may
+ *     be NULL (no add). The sum and the activation are computed in P before
+ *     the one rounding to T: the apply pass reads x and residual once and
+ *     writes y once. y may be x or residual (the same array and strides: in
+ *     place). With residual NULL and BNC_ACT_NONE these are fwd_train and
+ *     fwd_eval, bit for bit.
+ *
+ * bnc_batchnorm_bwd_train_fused_SFX(d, dy, dys, y, ys, activation, x, xs,
+ *                                   weight, mean, invstd, dx, dxs,
+ *                                   dresidual, drs, dweight, dbias, n_threads)
+ * bnc_batchnorm_bwd_eval_fused_SFX(...same arguments...)
+ *     The backward of the fused forwards (bwd_train / bwd_eval). With
+ *     BNC_ACT_RELU, dz = dy where y (the fused forward's output) is > 0 or
+ *     NaN, else +0 (torch's threshold_backward): the mask is read from y, no
+ *     workspace; y is then required (BNC_ERR_NULL), else it is not read and
+ *     may be NULL. dx, dweight and dbias are bwd_train's / bwd_eval's of dz,
+ *     bit for bit as those kernels on a dz array; dresidual (T, may be NULL)
+ *     receives dz, the residual's gradient. dx is required here. No
+ *     temporary the size of x: the reduction pass reads dy, y, x (and writes
+ *     dresidual); the elementwise pass reads dz back from dresidual, or
+ *     without it dy and y again, and x, and writes dx (bwd_eval: one pass).
+ *
  * bnc_batchrenorm_fwd_train_SFX(d, x, xs, weight, bias, running_mean,
  *                               running_var, rmax, dmax, eps, y, ys,
  *                               save_mean, save_invstd, save_var, save_r,
@@ -185,7 +220,29 @@ bnc_f16_t bnc_f32_to_f16(float f);
         const P *bias, const P *running_mean, const P *running_var,            \
         double rmax, double dmax, double eps, T *y, bnc_strides_t ys,          \
         P *save_mean, P *save_invstd, P *save_var, P *save_r, P *save_d,       \
-        int n_threads);
+        int n_threads);                                                                               \
+    int bnc_batchnorm_fwd_train_fused_##SFX(                                   \
+        bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weight,           \
+        const P *bias, double eps, const T *residual, bnc_strides_t rs,        \
+        int activation, T *y, bnc_strides_t ys, P *save_mean,                  \
+        P *save_invstd, P *save_var, int n_threads);                           \
+    int bnc_batchnorm_fwd_eval_fused_##SFX(                                    \
+        bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weight,           \
+        const P *bias, const P *mean, const P *var, double eps,                \
+        const T *residual, bnc_strides_t rs, int activation, T *y,             \
+        bnc_strides_t ys, int n_threads);                                      \
+    int bnc_batchnorm_bwd_train_fused_##SFX(                                   \
+        bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *y,              \
+        bnc_strides_t ys, int activation, const T *x, bnc_strides_t xs,        \
+        const P *weight, const P *mean, const P *invstd, T *dx,                \
+        bnc_strides_t dxs, T *dresidual, bnc_strides_t drs, P *dweight,        \
+        P *dbias, int n_threads);                                              \
+    int bnc_batchnorm_bwd_eval_fused_##SFX(                                    \
+        bnc_dims_t d, const T *dy, bnc_strides_t dys, const T *y,              \
+        bnc_strides_t ys, int activation, const T *x, bnc_strides_t xs,        \
+        const P *weight, const P *mean, const P *invstd, T *dx,                \
+        bnc_strides_t dxs, T *dresidual, bnc_strides_t drs, P *dweight,        \
+        P *dbias, int n_threads);
 
 BNC_DECLARE_BATCHNORM(float, float, f32)
 BNC_DECLARE_BATCHNORM(double, double, f64)
