@@ -7,6 +7,8 @@ layer_norm_backward, rms_norm, rms_norm_forward, rms_norm_backward, group_norm,
 group_norm_forward, group_norm_backward, instance_norm, instance_norm_forward,
 instance_norm_backward, fold_batch_norm; thread control:
 get_num_threads, set_num_threads, num_threads, openmp_enabled.
+`bnc.layers` holds stateful layers on top of them (BatchNorm, BatchRenorm,
+GroupNorm, InstanceNorm, LayerNorm, RMSNorm).
 `bnc.reference` holds readable float64 NumPy twins of the kernels' ops;
 `bnc.distributed` synchronizes batch norm across processes over MPI.
 """
@@ -54,6 +56,7 @@ from bnc.layernorm import (
 )
 from bnc import distributed  # noqa: E402 (imports mpi4py only when used)
 from bnc.threads import get_num_threads, num_threads, openmp_enabled, set_num_threads
+from bnc import layers  # noqa: E402  (built on the functions above)
 
 __version__ = "0.1.0"
 assert _c_version() == __version__, "bnc: the C core and the package disagree"
@@ -95,6 +98,7 @@ __all__ = [
     "set_num_threads",
     "num_threads",
     "openmp_enabled",
+    "layers",
     "__version__",
 ]
 
