@@ -1,0 +1,5 @@
+import sys
+
+from bnc.study.runner import main
+
+sys.exit(main())
