@@ -36,6 +36,7 @@ import numpy as np
 
 import bnc
 from bnc import _core
+from bnc.layers import BatchNorm, _Cache
 from bnc.batchnorm import (
     _MOMENTUM_NOT_GIVEN,
     Grads,
@@ -44,8 +45,8 @@ from bnc.batchnorm import (
     _check_running,
 )
 
-__all__ = ["SyncBatchNormSaved", "sync_batch_norm_forward", "sync_batch_norm_backward",
-           "dataset_stats"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormSaved", "sync_batch_norm_forward",
+           "sync_batch_norm_backward", "dataset_stats"]
 
 
 class SyncBatchNormSaved(NamedTuple):
@@ -109,8 +110,8 @@ def _gather_rows(comm, row):
 
 def sync_batch_norm_forward(x, weight=None, bias=None, *, comm=None, running_mean=None,
                             running_var=None, momentum=_MOMENTUM_NOT_GIVEN, eps=1e-5,
-                            channel_axis=1, num_batches_tracked=None, out=None,
-                            n_threads=None):
+                            channel_axis=1, correction=1, num_batches_tracked=None,
+                            out=None, n_threads=None):
     """Training forward of batch norm over the batch split across `comm`'s ranks.
 
     Every rank calls it with its shard x (any number of samples, zero
@@ -132,7 +133,7 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm=None, running_mea
         if running_mean is not None or running_var is not None:
             if running_mean is None or running_var is None:
                 raise ValueError("running_mean and running_var must be given together")
-            m, corr = _check_running(running_mean, running_var, momentum, None, 1,
+            m, corr = _check_running(running_mean, running_var, momentum, None, correction,
                                      num_batches_tracked, C, dtype)
         if count:
             # validates weight, bias, out and the rest on a one-row slice before
@@ -234,6 +235,59 @@ def sync_batch_norm_backward(grad_out, x, weight, saved, *, comm=None, channel_a
         dx = np.empty_like(x) if out is None else out
     sd = _core.stat_dtype(dtype)
     return Grads(dx, sdyx.astype(sd), sdy.astype(sd))
+
+
+class SyncBatchNorm(BatchNorm):
+    """`bnc.layers.BatchNorm` whose training forward and backward use the
+    statistics of the batch split across `comm`'s ranks (default
+    MPI.COMM_WORLD, looked up at the first call).
+
+    Same interface as BatchNorm (modes, freeze, state dicts with PyTorch's
+    keys, pickling; `comm` is not pickled: an unpickled layer uses
+    COMM_WORLD). In eval mode or frozen it normalizes with the running
+    statistics and exchanges nothing. Every rank must call forward and
+    backward together (they are collective). grad_weight and grad_bias are
+    the global batch's, equal on every rank. No ghost batches
+    (virtual_batch_size) here.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, comm=None, channel_axis=1, correction=1,
+                 dtype=np.float32, n_threads=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         channel_axis=channel_axis, correction=correction, dtype=dtype,
+                         n_threads=n_threads)
+        self.comm = comm
+
+    def _config(self):
+        cfg = super()._config()
+        del cfg["virtual_batch_size"]
+        return cfg
+
+    def forward(self, x):
+        """y = batch norm of x with the global batch statistics (training) or
+        the running statistics (eval, frozen)."""
+        xa = self._input(x)
+        self._channels(xa, self.channel_axis, self.num_features)
+        if not self._batch_stats():
+            return self._eval_forward(xa)
+        update = self._updates()
+        y, saved = sync_batch_norm_forward(
+            xa, self.weight, self.bias, comm=self.comm,
+            running_mean=self.running_mean if update else None,
+            running_var=self.running_var if update else None, momentum=self.momentum,
+            eps=self.eps, channel_axis=self.channel_axis, correction=self.correction,
+            num_batches_tracked=self.num_batches_tracked if update else None,
+            n_threads=self.n_threads)
+        self._cache = _Cache(xa, saved, True)
+        return y
+
+    def _backward(self, cache, g):
+        if not cache.batch_stats:
+            return self._eval_backward(cache, g)
+        return sync_batch_norm_backward(g, cache.x, self.weight, cache.saved, comm=self.comm,
+                                        channel_axis=self.channel_axis,
+                                        n_threads=self.n_threads)
 
 
 def dataset_stats(data, *, channel_axis=1):

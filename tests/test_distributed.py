@@ -44,7 +44,8 @@ def test_sync_equals_single_process(ranks):
     """Outputs, saved and running statistics, dx, dweight, dbias equal
     single-process batch norm on the whole batch (float64 1e-12, float32
     1e-5), with uneven splits and a rank holding no samples; every rank holds
-    the same bits."""
+    the same bits. The SyncBatchNorm layer equals bnc.layers.BatchNorm on the
+    whole batch over three steps."""
     r = _run(ranks, "check")
     assert r.returncode == 0, r.stdout + r.stderr
     for k in range(ranks):

@@ -84,6 +84,37 @@ def check():
     return cases
 
 
+def check_layer():
+    """SyncBatchNorm on the shards vs bnc.layers.BatchNorm on the whole batch,
+    three training steps then eval: outputs, grad_input, accumulated grads,
+    running statistics; and a state dict equal on every rank."""
+    N, C = 10, 4
+    rng = np.random.default_rng(5)
+    full = rng.standard_normal((3, N, C, 6)) * 2 + 1
+    gfull = rng.standard_normal((3, N, C, 6))
+    split = [N // size + (r < N % size) for r in range(size)]
+    lo, hi = sum(split[:rank]), sum(split[:rank + 1])
+    ref = bnc.layers.BatchNorm(C, dtype=np.float64, momentum=None)
+    lay = dist.SyncBatchNorm(C, dtype=np.float64, momentum=None, comm=comm)
+    for step in range(3):
+        y1 = ref.forward(full[step])
+        d1 = ref.backward(gfull[step])
+        y = lay.forward(full[step][lo:hi])
+        d = lay.backward(gfull[step][lo:hi])
+        if hi > lo:
+            close(y, y1[lo:hi], 1e-12, "layer y")
+            close(d, d1[lo:hi], 1e-12, "layer dx")
+    close(lay.grad_weight, ref.grad_weight, 1e-12, "layer grad_weight")
+    close(lay.grad_bias, ref.grad_bias, 1e-12, "layer grad_bias")
+    for k, v in ref.state_dict().items():
+        close(lay.state_dict()[k], v, 1e-12, f"layer {k}")
+    lay.eval()
+    ref.eval()
+    close(lay.forward(full[0][lo:hi]), ref.forward(full[0])[lo:hi], 1e-12, "layer eval y")
+    mine = b"".join(v.tobytes() for v in lay.state_dict().values())
+    assert len(set(comm.allgather(mine))) == 1, "ranks' layer states differ"
+
+
 def expect_same_error(fn):
     """fn raises ValueError on every rank, with the same message everywhere."""
     try:
@@ -102,6 +133,7 @@ def main(mode):
     x = np.random.default_rng(rank).standard_normal((4, 3, 5))
     if mode == "check":
         n = check()
+        check_layer()
         print(f"rank {rank}: {n} cases ok", flush=True)
     elif mode == "mismatch":
         xc = np.random.default_rng(rank).standard_normal((4, 3 + (rank == 1), 5))
