@@ -114,6 +114,10 @@ def fuzz_batch_norm(fdp):
             [np.array(0, np.int64), np.array([1]), np.array(2.0), 3, None])
     if fdp.ConsumeBool():
         kw["out"] = fdp.PickValueInList([x, np.empty_like(x), np.empty(3)])
+    if fdp.ConsumeBool():
+        kw["activation"] = fdp.PickValueInList(["relu", None, "gelu", 1])
+    if fdp.ConsumeBool():
+        kw["residual"] = array(fdp, shape_of(x) if fdp.ConsumeBool() else None)
     bnc.batch_norm(x, vector(fdp, C), vector(fdp, C), vector(fdp, C), vector(fdp, C), **kw)
 
 
@@ -124,16 +128,19 @@ def fuzz_forward_backward(fdp):
     nt = fdp.PickValueInList(THREADS)
     w = vector(fdp, C)
     frozen = fdp.ConsumeBool()
+    act = fdp.PickValueInList([None, None, "relu", "tanh"])
+    res = array(fdp, shape_of(x)) if fdp.ConsumeBool() else None
     y, saved = bnc.batch_norm_forward(x, w, vector(fdp, C),
                                       mean=vector(fdp, C) if frozen else None,
                                       var=vector(fdp, C) if frozen else None,
                                       eps=fdp.PickValueInList(SCALARS), channel_axis=ax,
-                                      n_threads=nt)
+                                      activation=act, residual=res, n_threads=nt)
     g = array(fdp, shape_of(x) if fdp.ConsumeBool() else None)
     which = fdp.ConsumeIntInRange(0, 2)
     if which == 0:
         bnc.batch_norm_backward(g, x, w, saved, channel_axis=ax, use_batch_stats=not frozen,
-                                n_threads=nt)
+                                activation=act, y=y if fdp.ConsumeBool() else g,
+                                residual=res is not None, n_threads=nt)
     elif which == 1:
         sdy, sdyx = bnc.batch_norm_backward_reduce(g, x, saved.mean, saved.invstd,
                                                    channel_axis=ax, n_threads=nt)
