@@ -218,6 +218,19 @@ cdef int _axis(object channel_axis, int ndim) except -1:
     return axis_index(channel_axis, ndim, "channel_axis")
 
 
+cdef object _c_aligned(object a, object dtype=None):
+    """a as a C-contiguous array whose data pointer is aligned for its dtype
+    (a copy only when needed): the C kernels load whole elements, and a
+    misaligned pointer to them is undefined behaviour in C."""
+    return np.require(a, dtype, ("C", "A"))
+
+
+cdef bint _writable_in_place(object out):
+    """Can a kernel taking C-contiguous arrays write `out` directly (else it
+    writes a new array, copied into out afterwards)?"""
+    return out is not None and out.flags.c_contiguous and out.flags.aligned
+
+
 def real_vector(v, name, C):
     """v as a C-contiguous float64 array of shape (C,): TypeError naming `name`
     if its values are not real numbers (complex, strings, objects)."""

@@ -85,8 +85,8 @@ cdef tuple _gn_forward(x, num_groups, weight, bias, channel_axis, eps, out, n_th
     bias = _ln_param(bias, "bias", (C,), xdt)
     cdef int nt = _threads(n_threads)
     out = _ln_out(out, x, [(x, "x"), (weight, "weight"), (bias, "bias")])
-    xc = np.ascontiguousarray(x)
-    if out is not None and out.flags.c_contiguous and (out is x or not
+    xc = _c_aligned(x)
+    if _writable_in_place(out) and (out is x or not
                                                         np.may_share_memory(out, xc)):
         y = out
     else:
@@ -177,9 +177,9 @@ cdef tuple _gn_backward(grad_out, x, num_groups, weight, mean, invstd, bint inpu
         _check_out(out, x, "out")
         _refuse_overlap(out, "out", [(x, "x"), (dy, "grad_out"), (weight, "weight"),
                                      (mean, "saved.mean"), (invstd, "saved.invstd")], None)
-    xc = np.ascontiguousarray(x)
-    dyc = np.ascontiguousarray(dy)
-    dx = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, xdt)
+    xc = _c_aligned(x)
+    dyc = _c_aligned(dy)
+    dx = out if _writable_in_place(out) else np.empty(x.shape, xdt)
     sdt = stat_dtype(xdt)
     dweight = np.empty((C,), sdt)
     dbias = np.empty((C,), sdt)

@@ -52,7 +52,7 @@ cdef object _ln_param(object v, str name, tuple shape, object xdt):
             raise TypeError(f"{name} must hold real numbers, got dtype {v.dtype}")
     if v.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
-    return np.ascontiguousarray(v, dtype=pdt)
+    return _c_aligned(v, pdt)
 
 
 def layer_norm_check_axis(x_shape, axis):
@@ -94,8 +94,8 @@ def layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, bint rms)
         D *= s
     for s in lead:
         rows *= s
-    xc = np.ascontiguousarray(x)
-    if out is not None and out.flags.c_contiguous and (out is x or not
+    xc = _c_aligned(x)
+    if _writable_in_place(out) and (out is x or not
                                                         np.may_share_memory(out, xc)):
         y = out
     else:
@@ -184,9 +184,9 @@ def layer_norm_backward_raw(grad_out, x, weight, mean, invstd, axis, out, n_thre
         D *= s
     for s in lead:
         rows *= s
-    xc = np.ascontiguousarray(x)
-    dyc = np.ascontiguousarray(dy)
-    dx = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, xdt)
+    xc = _c_aligned(x)
+    dyc = _c_aligned(dy)
+    dx = out if _writable_in_place(out) else np.empty(x.shape, xdt)
     sdt = stat_dtype(xdt)
     dweight = np.empty(norm, sdt)
     dbias = None if rms else np.empty(norm, sdt)
