@@ -458,6 +458,86 @@ def test_instance_norm(t, data, nt):
 
 
 # ---------------------------------------------------------------------------
+# stateful layers (bnc.layers): forward, backward and running statistics of a
+# training step, then an eval forward, against the reference
+
+
+@SETTINGS
+@given(tensors(min_side=1), st.data(), threads)
+def test_layers(t, data, nt):
+    values, x, rng = t
+    dt = values.dtype
+    ldt = np.float64 if dt == np.float64 else np.float32
+    kind = data.draw(st.sampled_from(["batch", "group", "instance", "layer", "rms"]), "layer")
+    ca = data.draw(st.sampled_from([1, -1]), "channel_axis")
+    C = values.shape[ca]
+    spatial = values.size // (values.shape[0] * C)
+    f = f64(values)
+    if kind == "batch":
+        layer = bnc.layers.BatchNorm(C, channel_axis=ca, dtype=ldt, n_threads=nt)
+        ok = values.size // C > 1
+        rm, rv = np.zeros(C), np.ones(C)
+        fwd = lambda: R.batch_norm_forward(f, channel_axis=ca)  # noqa: E731
+        bwd = lambda g, s: R.batch_norm_backward(g, f, np.ones(C), s, channel_axis=ca)  # noqa
+    elif kind == "instance":
+        layer = bnc.layers.InstanceNorm(C, affine=True, track_running_stats=True,
+                                        channel_axis=ca, dtype=ldt, n_threads=nt)
+        ok = spatial > 1
+        rm, rv = np.zeros(C), np.ones(C)
+        fwd = lambda: R.instance_norm_forward(f, np.ones(C), np.zeros(C), channel_axis=ca)  # noqa
+        bwd = lambda g, s: R.instance_norm_backward(g, f, np.ones(C), s, channel_axis=ca)  # noqa
+    elif kind == "group":
+        G = data.draw(st.sampled_from([g for g in range(1, C + 1) if C % g == 0]), "G")
+        layer = bnc.layers.GroupNorm(G, C, channel_axis=ca, dtype=ldt, n_threads=nt)
+        ok, rm = True, None
+        fwd = lambda: R.group_norm_forward(f, G, np.ones(C), np.zeros(C), channel_axis=ca)  # noqa
+        bwd = lambda g, s: R.group_norm_backward(g, f, G, np.ones(C), s, channel_axis=ca)  # noqa
+    else:
+        axis = data.draw(st.integers(1, values.ndim - 1), "axis")
+        shape = values.shape[axis:]
+        ok, rm = True, None
+        if kind == "layer":
+            layer = bnc.layers.LayerNorm(shape, dtype=ldt, n_threads=nt)
+            fwd = lambda: R.layer_norm_forward(f, np.ones(shape), np.zeros(shape), axis=axis)  # noqa
+            bwd = lambda g, s: R.layer_norm_backward(g, f, np.ones(shape), s, axis=axis)  # noqa
+        else:
+            layer = bnc.layers.RMSNorm(shape, dtype=ldt, n_threads=nt)
+            fwd = lambda: R.rms_norm_forward(f, np.ones(shape), axis=axis, eps_dtype=ldt)  # noqa
+            bwd = lambda g, s: R.rms_norm_backward(g, f, np.ones(shape), s, axis=axis)  # noqa
+    state = {k: v.copy() for k, v in layer.state_dict().items()}
+    if not ok:
+        with pytest.raises(ValueError, match="more than 1"):
+            layer.forward(x)
+        for k, v in layer.state_dict().items():  # nothing written
+            assert np.array_equal(v, state[k]), k
+        return
+    y = layer.forward(x)
+    y_ref, s_ref = fwd()
+    assert_close(y, y_ref, _t(OUT_TOL, dt), "y")
+    g_values = rng.standard_normal(values.shape).astype(dt)
+    dx = layer.backward(as_view(g_values, data.draw(layouts(values.ndim), "grad layout")))
+    ref = bwd(f64(g_values), s_ref)
+    inv = getattr(s_ref, "invstd", None)
+    inv = s_ref.invrms if inv is None else inv
+    _check_grads(type(ref)(dx, layer.grad_weight,
+                           layer.grad_bias if ref.grad_bias is not None else None),
+                 ref, dt, g_values, inv, None)
+    if rm is not None:  # one update of the running statistics, momentum 0.1
+        n = values.size // C if kind == "batch" else spatial
+        m = f64(s_ref.mean).reshape(-1, C).mean(axis=0) if kind == "instance" else s_ref.mean
+        v = (f64(s_ref.var).reshape(-1, C).mean(axis=0) if kind == "instance"
+             else f64(s_ref.var))
+        assert_close(layer.running_mean, 0.9 * rm + 0.1 * m, _t(STAT_TOL, dt), "running_mean")
+        assert_close(layer.running_var, 0.9 * rv + 0.1 * v * n / (n - 1), _t(STAT_TOL, dt),
+                     "running_var")
+        layer.eval()
+        y2 = layer.forward(x)
+        y2_ref = R.batch_norm_forward(f, mean=f64(layer.running_mean),
+                                      var=f64(layer.running_var), channel_axis=ca)[0]
+        assert_close(y2, y2_ref, _t(OUT_TOL, dt), "eval y")
+
+
+# ---------------------------------------------------------------------------
 # folding
 
 
