@@ -327,23 +327,23 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
             m2 += r.d2[c] + (double)HW * d * d;
         }
         const double var = m2 / L;
-        const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)(1.0 / sqrt(var + k->eps));
-        F(gn_save)(k, n * G + g, cm, var, a);
+        const double invstd = 1.0 / sqrt(var + k->eps);
+        const P cm = (P)mean, cl = (P)(mean - (double)cm);
+        F(gn_save)(k, n * G + g, cm, var, (P)invstd);
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
             r.m[c] = cm;
             r.cl[c] = cl;
-            r.a[c] = a;
-            r.k[c] = k->weight ? k->weight[c] : (P)1; /* k: now the weight */
-            r.p1[c] = k->bias ? k->bias[c] : (P)0;    /* p1: now the bias */
+            /* one scale per channel: weight * invstd, rounded once */
+            r.a[c] = (P)((k->weight ? (double)k->weight[c] : 1.0) * invstd);
+            r.p1[c] = k->bias ? k->bias[c] : (P)0; /* p1: now the bias */
         }
     }
-    const P *restrict mc = r.m, *restrict lc = r.cl, *restrict ac = r.a, *restrict wc = r.k,
-                      *restrict bc = r.p1;
+    const P *restrict mc = r.m, *restrict lc = r.cl, *restrict ac = r.a, *restrict bc = r.p1;
     for (int64_t i = 0; i < HW; i++) {
         const P *xi = GN_IN(r.bx, x + i * C, C); /* y may be x */
         P *yi = GN_OUT(r.bo, y + i * C);
         for (int64_t c = 0; c < C; c++)
-            yi[c] = (((xi[c] - mc[c]) - lc[c]) * ac[c]) * wc[c] + bc[c];
+            yi[c] = ((xi[c] - mc[c]) - lc[c]) * ac[c] + bc[c];
         GN_PUT(y + i * C, r.bo, C);
     }
 }
