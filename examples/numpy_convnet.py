@@ -5,9 +5,11 @@ hand-written backward passes, with bnc's batch norm as its normalization layer.
 
 The data is built in: 8x8 images of four kinds of stroke (horizontal,
 vertical, and the two diagonals) at random positions, with noise. Batch norm
-is the functional pair bnc.batch_norm_forward / bnc.batch_norm_backward plus
-bnc.update_running_stats for the running statistics; bnc.layers.BatchNorm
-wraps the same pair into a stateful layer.
+is a bnc.layers.BatchNorm on the channels-last output of the convolution's
+matrix product (channel_axis=-1): train() / eval() choose batch or running
+statistics, backward() returns the input gradient and accumulates
+grad_weight / grad_bias, and the optimizer updates the layer's weight and
+bias arrays in place (the layer keeps them for its whole life).
 
     python examples/numpy_convnet.py [--epochs 8] [--seed 0]
 
@@ -60,33 +62,33 @@ def col2im(dcols, shape):
 class Net:
     def __init__(self, channels=8, seed=0):
         rng = np.random.default_rng(seed)
+        # float64 throughout (the layer's dtype), so the gradient check is exact
+        self.bn = bnc.layers.BatchNorm(channels, channel_axis=-1, dtype=np.float64)
+        # every trainable array, by name; "bn.weight" / "bn.bias" are the layer's
+        # own arrays (not copies), so in-place updates of p train the layer
         self.p = {
             "conv": rng.normal(0, np.sqrt(2 / (K * K)), (K * K, channels)),  # (Cin*K*K, Cout)
-            "gamma": np.ones(channels), "beta": np.zeros(channels),
+            "bn.weight": self.bn.weight, "bn.bias": self.bn.bias,
             "fc": rng.normal(0, np.sqrt(1 / (channels * SIZE * SIZE)),
                              (channels * SIZE * SIZE, CLASSES)),
             "fc_b": np.zeros(CLASSES),
         }
-        self.running_mean, self.running_var = np.zeros(channels), np.ones(channels)
 
     def forward(self, x, training):
         p = self.p
         cols = im2col(x)
         z = cols @ p["conv"]  # (N, H, W, Cout): channels last, as the matmul gives it
-        if training:  # batch statistics, then the running update (PyTorch's momentum)
-            h, saved = bnc.batch_norm_forward(z, p["gamma"], p["beta"], channel_axis=-1)
-            bnc.update_running_stats(self.running_mean, self.running_var, saved.mean,
-                                     saved.var, z.size // z.shape[-1])
-        else:
-            h, saved = bnc.batch_norm_forward(z, p["gamma"], p["beta"], mean=self.running_mean,
-                                              var=self.running_var, channel_axis=-1)
+        # training: batch statistics and the running update (momentum 0.1);
+        # eval: the running statistics, left as they are
+        h = self.bn.train(training)(z)
         a = np.maximum(h, 0)
         flat = a.reshape(len(x), -1)
         logits = flat @ p["fc"] + p["fc_b"]
-        return logits, (x, cols, z, saved, a, flat)
+        return logits, (x, cols, a, flat)
 
     def loss_and_grads(self, x, labels):
-        logits, (x, cols, z, saved, a, flat) = self.forward(x, training=True)
+        self.bn.zero_grad()  # the layer accumulates: start this step from None
+        logits, (x, cols, a, flat) = self.forward(x, training=True)
         n = len(x)
         shifted = logits - logits.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -96,8 +98,8 @@ class Net:
         dlogits /= n
         g = {"fc": flat.T @ dlogits, "fc_b": dlogits.sum(axis=0)}
         da = (dlogits @ self.p["fc"].T).reshape(a.shape) * (a > 0)
-        dz, g["gamma"], g["beta"] = bnc.batch_norm_backward(da, z, self.p["gamma"], saved,
-                                                            channel_axis=-1)
+        dz = self.bn.backward(da)  # grad_input; grad_weight / grad_bias accumulated
+        g["bn.weight"], g["bn.bias"] = self.bn.grad_weight, self.bn.grad_bias
         g["conv"] = cols.reshape(-1, cols.shape[-1]).T @ dz.reshape(-1, dz.shape[-1])
         self.dx = col2im(dz @ self.p["conv"].T, x.shape)  # for the gradient check
         return loss, g
@@ -121,9 +123,9 @@ def train(epochs=8, seed=0, batch=64, lr=0.1, n_train=1024, n_test=512, verbose=
             idx = order[s:s + batch]
             loss, grads = net.loss_and_grads(x[idx], y[idx])
             total += loss * len(idx)
-            for k in net.p:
+            for k, param in net.p.items():  # in place: the layer sees its new weights
                 velocity[k] = 0.9 * velocity[k] - lr * grads[k]
-                net.p[k] += velocity[k]
+                param += velocity[k]
         losses.append(total / n_train)
         if verbose:
             print(f"epoch {epoch + 1}: training loss {losses[-1]:.4f}")

@@ -56,7 +56,8 @@ def test_guide_pages_found():
     if not PAGES:
         pytest.skip(f"{GUIDE} not found (the tests run from a source checkout)")
     names = {p.name for p in PAGES}
-    assert {"index.md", "functional.md", "embedding.md", "threads.md", "compat.md"} <= names
+    assert {"index.md", "functional.md", "layers.md", "checkpoints.md", "embedding.md",
+            "threads.md", "compat.md"} <= names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
