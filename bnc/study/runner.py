@@ -246,6 +246,15 @@ def _report(r, plots, quick):
     return "\n".join(lines)
 
 
+def _grid_plot(ax, grid, xlabel, title, log=True):
+    """Mean accuracy over a grid (norm -> {value: stats}), a line per norm."""
+    for n, row in grid.items():
+        ax.plot([float(k) for k in row], [_m(v) for v in row.values()], "o-", label=n)
+    ax.set(xscale="log" if log else "linear", xlabel=xlabel, ylabel="validation accuracy",
+           title=title)
+    ax.legend()
+
+
 def _plots(r, out):
     try:
         import matplotlib
@@ -263,35 +272,17 @@ def _plots(r, out):
     axes[0].set(xlabel="epoch", ylabel="validation accuracy", title="Convergence",
                 ylim=(0.5, 1.0))
     axes[0].legend()
-    for n, row in r["learning_rate"].items():
-        xs = [float(k) for k in row]
-        axes[1].plot(xs, [_m(v) for v in row.values()], "o-", label=n)
-    axes[1].set(xscale="log", xlabel="learning rate", ylabel="final validation accuracy",
-                title="Learning-rate tolerance")
-    axes[1].legend()
-    for n, row in r["small_batch"].items():
-        xs = [float(k) for k in row]
-        axes[2].plot(xs, [_m(v) for v in row.values()], "o-", label=n)
-    axes[2].set(xscale="log", xlabel="batch size", ylabel="final validation accuracy",
-                title="Small batches")
-    axes[2].legend()
+    _grid_plot(axes[1], r["learning_rate"], "learning rate", "Learning-rate tolerance")
+    _grid_plot(axes[2], r["small_batch"], "batch size", "Small batches")
     fig.tight_layout()
     fig.savefig(out / "headline.png", dpi=90)
     plt.close(fig)
     names.append("headline.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for n, row in r["init_scale"].items():
-        axes[0].plot([float(k) for k in row], [_m(v) for v in row.values()], "o-", label=n)
-    axes[0].set(xscale="log", xlabel="init scale (x He)", ylabel="final validation accuracy",
-                title="Initialization")
-    axes[0].legend()
-    rob = r["robustness"]
-    for n in r["norms"]:
-        row = rob[n]["noise"]
-        axes[1].plot([float(k) for k in row], [_m(v) for v in row.values()], "o-", label=n)
-    axes[1].set(xlabel="noise sigma", ylabel="validation accuracy", title="Input noise")
-    axes[1].legend()
+    _grid_plot(axes[0], r["init_scale"], "init scale (x He)", "Initialization")
+    _grid_plot(axes[1], {n: r["robustness"][n]["noise"] for n in r["norms"]}, "noise sigma",
+               "Input noise", log=False)
     fig.tight_layout()
     fig.savefig(out / "robustness.png", dpi=90)
     plt.close(fig)
