@@ -160,6 +160,8 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm=None, running_mea
     if total == 1:
         raise ValueError(f"{what}: Expected more than 1 value per channel when training, "
                          f"got 1 in the global batch")
+    if running_mean is not None:  # every rank raises alike, before anything is written
+        _check_count(total, corr)
     gmean, gvar, _ = bnc.combine_stats(rows[:, 1:C + 1], rows[:, C + 1:], counts)
     sd = _core.stat_dtype(dtype)
     if count:
@@ -169,7 +171,6 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm=None, running_mea
     else:
         y = np.empty_like(x) if out is None else out
     if running_mean is not None:
-        _check_count(total, corr)
         _apply_running(running_mean, running_var, gmean, gvar, total, m, corr,
                        num_batches_tracked)
     invstd = (1.0 / np.sqrt(gvar + e)).astype(sd)

@@ -141,3 +141,18 @@ def test_readme_example_trains_on_two_ranks():
               if line.startswith("step")]
     assert len(losses) >= 3 and losses[-1] < 0.1 * losses[0]
     assert "all ranks hold the same state" in r.stdout
+
+
+def test_too_few_values_for_the_correction_write_nothing():
+    """A global count not above `correction` raises before out= or the
+    running statistics are written (it raised after writing out= before)."""
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install \"bnc[mpi]\"")
+    from bnc import distributed as dist
+
+    x = np.arange(6.0).reshape(2, 3)
+    out = np.full_like(x, 7.0)
+    rm, rv = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match="correction"):
+        dist.sync_batch_norm_forward(x, running_mean=rm, running_var=rv, correction=2,
+                                     out=out)
+    assert (out == 7.0).all() and not rm.any() and (rv == 1.0).all()
