@@ -69,6 +69,7 @@ static inline int bnc_team(int n_threads, int64_t items, int64_t elements)
 /* Bytes per vector of the contiguous reductions (see batchnorm_body.h):
  * one AVX register; the no-AVX build splits each into two. */
 #define BNC_VEC_BYTES 32
+#define BNC_WIDE_BYTES 64      /* the column sums' vectors (lanes.h) */
 
 static inline double bnc_lanes_sum(double *a)
 {

@@ -78,6 +78,25 @@ def test_large_offset_and_constant_groups(dtype):
     assert np.all(y == 0) and np.all(s.mean == 3.25)
 
 
+@pytest.mark.parametrize("dtype", DTYPES[:2], ids=DIDS[:2])
+@pytest.mark.parametrize("kind", ["offset", "outlier_first", "ramp"])
+def test_channels_last_statistics_stay_exact(dtype, kind):
+    # channels last: blocks of rows are summed in one pass about a shift
+    # that follows the running mean; |mean| / std = 1e4, a first value far
+    # from the rest, and a mean that drifts from block to block must all
+    # keep the statistics to the dtype's precision
+    x, w, b, _ = _data((2, 700, 64), -1, dtype, 8, loc=1e4)
+    if kind == "outlier_first":
+        x[:, 0, :] += 1e3
+    elif kind == "ramp":
+        x += (np.arange(700) * 5.0).reshape(1, 700, 1).astype(dtype)
+    y, s = group_norm_forward(x, 8, w, b, channel_axis=-1)
+    yr, sr = R.group_norm_forward(x, 8, w, b, channel_axis=-1)
+    assert_close(s.mean, sr.mean, STOL[dtype], "mean")
+    assert_close(s.invstd, sr.invstd, STOL[dtype], "invstd")
+    assert_close(y, yr, 10 * TOL[dtype], "y")
+
+
 def test_noncontiguous_and_layouts_agree():
     x, w, b, dy = _data((3, 8, 6, 5), 1, np.float64, 4, loc=1.0)
     xs = x[:, :, ::2]

@@ -15,10 +15,10 @@
  * layer norm lane reductions (rowsums.h), then read again for the squared
  * deviations and the output while in cache. Work items are the N * G runs.
  * NHWC: work items are the N images; each is HW rows of C contiguous channels,
- * reduced per channel block by block of rows while the block is in L1 (sum,
- * then squared deviations from the block mean, in P), merged per channel in
- * double (Chan et al.), and the Cg channels of a group merged in channel
- * order. The backward sums per channel in P for at most BNC_SUB rows, then in
+ * reduced per channel block by block of rows in one pass (sums of x - k and
+ * (x - k)^2 in P, k tracking the channel's running mean), merged per channel
+ * in double (Chan et al.), and the Cg channels of a group merged in channel
+ * order; the output is (x - mean) * (weight * invstd) + bias. The backward sums per channel in P for at most BNC_SUB rows, then in
  * double.
  * Items are split statically over threads and nothing is shared between
  * items, so results do not depend on n_threads. Backward: the per-(n, c) sums
@@ -167,12 +167,15 @@ BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
 /* ---- NHWC ---- */
 
 /* The forward's statistics are taken block by block: a block is the rows
- * [r0, r0 + rows) of an image, rows = F(gn_rows)(C) (about 4096 elements, so
- * that it stays in L1, and 8 to 64 rows), depending only on C. Per channel,
- * the block's sum of x - k and then its squared deviations from the block
- * mean are taken in P while the block is in cache, and merged into the
- * image's per-channel moments in double with Chan et al.'s formula: x is read
- * from memory once for the statistics, once more for the output. */
+ * [r0, r0 + rows) of an image, rows = F(gn_rows)(C) (about 4096 elements, 8
+ * to 64 rows), depending only on C. Per channel, one pass over the block
+ * sums x - k and (x - k)^2 in P, k being the channel's running mean so far
+ * rounded to P (for the first block, its mean from a first pass over it);
+ * the block's mean and squared deviations follow in double and are merged
+ * into the image's per-channel moments with Chan et al.'s formula. As k tracks the mean, the
+ * block sums lose little to cancellation (at most a small factor over the
+ * two-pass block sums, whatever |mean| / std). x is read from memory once
+ * for the statistics, once more for the output. */
 static inline int64_t F(gn_rows)(int64_t C)
 {
     int64_t r = 4096 / C;
@@ -221,73 +224,65 @@ static inline void F(gn_flush)(double *restrict d, P *restrict p, int64_t n)
     }
 }
 
-/* Per channel c of `rows` rows of C (x[r * C + c]): s[c] = the sum of
- * x - k[c], or with m: of ((x - k[c]) - m[c])^2, each channel summed in row
- * order in P. Channels go NL at a time with the sums in registers (one load
- * per element), then VL at a time, then one by one: the sum of a channel is
- * the same whichever way it is taken. */
-BNC_HOT BNC_NOINLINE static void F(gn_cols)(const P *restrict x, int64_t rows, int64_t C,
-                                            const P *restrict kc, const P *restrict mc,
-                                            P *restrict s)
+/* Per channel c of `rows` rows of C (x[r * C + c]): s1[c] = the sum of
+ * x - k[c] and s2[c] = the sum of (x - k[c])^2, each channel summed in row
+ * order in P. Channels go 4 * WL at a time with the sums in registers (one
+ * load per element), then WL, then one by one: the sums of a channel are the
+ * same whichever way they are taken. */
+BNC_HOT BNC_NOINLINE static void F(gn_moments)(const P *restrict x, int64_t rows, int64_t C,
+                                               const P *restrict kc, P *restrict s1,
+                                               P *restrict s2)
 {
     int64_t c = 0;
-    for (; c + F(NL) <= C; c += F(NL)) {
+    for (; c + 4 * F(WL) <= C; c += 4 * F(WL)) {
         const P *q = x + c;
-        const F(vec_t) k0 = BNC_VLOAD(kc + c), k1 = BNC_VLOAD(kc + c + F(VL)),
-                       k2 = BNC_VLOAD(kc + c + 2 * F(VL)), k3 = BNC_VLOAD(kc + c + 3 * F(VL));
-        F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
-        if (!mc)
-            for (int64_t r = 0; r < rows; r++, q += C) {
-                f0 += BNC_VLOAD(q) - k0;
-                f1 += BNC_VLOAD(q + F(VL)) - k1;
-                f2 += BNC_VLOAD(q + 2 * F(VL)) - k2;
-                f3 += BNC_VLOAD(q + 3 * F(VL)) - k3;
-            }
-        else {
-            const F(vec_t) m0 = BNC_VLOAD(mc + c), m1 = BNC_VLOAD(mc + c + F(VL)),
-                           m2 = BNC_VLOAD(mc + c + 2 * F(VL)),
-                           m3 = BNC_VLOAD(mc + c + 3 * F(VL));
-            for (int64_t r = 0; r < rows; r++, q += C) {
-                F(vec_t) v0 = (BNC_VLOAD(q) - k0) - m0, v1 = (BNC_VLOAD(q + F(VL)) - k1) - m1;
-                F(vec_t) v2 = (BNC_VLOAD(q + 2 * F(VL)) - k2) - m2;
-                F(vec_t) v3 = (BNC_VLOAD(q + 3 * F(VL)) - k3) - m3;
-                f0 += v0 * v0;
-                f1 += v1 * v1;
-                f2 += v2 * v2;
-                f3 += v3 * v3;
-            }
+        const F(wvec_t) k0 = BNC_WLOAD(kc + c), k1 = BNC_WLOAD(kc + c + F(WL)),
+                        k2 = BNC_WLOAD(kc + c + 2 * F(WL)), k3 = BNC_WLOAD(kc + c + 3 * F(WL));
+        F(wvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+        F(wvec_t) g0 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
+        for (int64_t r = 0; r < rows; r++, q += C) {
+            const F(wvec_t) v0 = BNC_WLOAD(q) - k0, v1 = BNC_WLOAD(q + F(WL)) - k1;
+            const F(wvec_t) v2 = BNC_WLOAD(q + 2 * F(WL)) - k2;
+            const F(wvec_t) v3 = BNC_WLOAD(q + 3 * F(WL)) - k3;
+            f0 += v0;
+            f1 += v1;
+            f2 += v2;
+            f3 += v3;
+            g0 += v0 * v0;
+            g1 += v1 * v1;
+            g2 += v2 * v2;
+            g3 += v3 * v3;
         }
-        memcpy(s + c, &f0, sizeof f0);
-        memcpy(s + c + F(VL), &f1, sizeof f1);
-        memcpy(s + c + 2 * F(VL), &f2, sizeof f2);
-        memcpy(s + c + 3 * F(VL), &f3, sizeof f3);
+        memcpy(s1 + c, &f0, sizeof f0);
+        memcpy(s1 + c + F(WL), &f1, sizeof f1);
+        memcpy(s1 + c + 2 * F(WL), &f2, sizeof f2);
+        memcpy(s1 + c + 3 * F(WL), &f3, sizeof f3);
+        memcpy(s2 + c, &g0, sizeof g0);
+        memcpy(s2 + c + F(WL), &g1, sizeof g1);
+        memcpy(s2 + c + 2 * F(WL), &g2, sizeof g2);
+        memcpy(s2 + c + 3 * F(WL), &g3, sizeof g3);
     }
-    for (; c + F(VL) <= C; c += F(VL)) {
+    for (; c + F(WL) <= C; c += F(WL)) {
         const P *q = x + c;
-        const F(vec_t) k0 = BNC_VLOAD(kc + c);
-        F(vec_t) f0 = {0};
-        if (!mc)
-            for (int64_t r = 0; r < rows; r++, q += C)
-                f0 += BNC_VLOAD(q) - k0;
-        else {
-            const F(vec_t) m0 = BNC_VLOAD(mc + c);
-            for (int64_t r = 0; r < rows; r++, q += C) {
-                F(vec_t) v0 = (BNC_VLOAD(q) - k0) - m0;
-                f0 += v0 * v0;
-            }
+        const F(wvec_t) k0 = BNC_WLOAD(kc + c);
+        F(wvec_t) f0 = {0}, g0 = {0};
+        for (int64_t r = 0; r < rows; r++, q += C) {
+            const F(wvec_t) v0 = BNC_WLOAD(q) - k0;
+            f0 += v0;
+            g0 += v0 * v0;
         }
-        memcpy(s + c, &f0, sizeof f0);
+        memcpy(s1 + c, &f0, sizeof f0);
+        memcpy(s2 + c, &g0, sizeof g0);
     }
     const int64_t c0 = c;
     for (; c < C; c++)
-        s[c] = 0;
+        s1[c] = s2[c] = 0;
     for (int64_t r = 0; r < rows; r++) {
         const P *restrict q = x + r * C;
         for (c = c0; c < C; c++) {
-            P v = q[c] - kc[c];
-            if (mc)
-                v = (v - mc[c]) * (v - mc[c]);
-            s[c] += v;
+            const P v = q[c] - kc[c];
+            s1[c] += v;
+            s2[c] += v * v;
         }
     }
 }
@@ -298,52 +293,67 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
     const double L = (double)(Cg * HW);
     const T *x = k->x + n * HW * C;
     T *y = k->y + n * HW * C;
-    /* per channel: shift k = its first value; d1 = mean of x - k, d2 = M2 */
+    /* per channel: d1 = the mean so far, d2 = M2, k = the shift; the first
+     * block's shift is its own mean (a pass while it is in cache), not a
+     * value that may be far from the rest */
+    const int64_t rows0 = HW < R ? HW : R;
     for (int64_t c = 0; c < C; c++) {
         r.k[c] = LOAD(x[c]);
         r.d1[c] = r.d2[c] = 0;
     }
+    F(gn_moments)(GN_IN(r.bx, x, rows0 * C), rows0, C, r.k, r.p1, r.p2);
+    for (int64_t c = 0; c < C; c++)
+        r.k[c] = (P)((double)r.k[c] + (double)r.p1[c] / (double)rows0);
     for (int64_t r0 = 0; r0 < HW; r0 += R) {
         const int64_t rows = HW - r0 < R ? HW - r0 : R;
         const P *xb = GN_IN(r.bx, x + r0 * C, rows * C);
-        F(gn_cols)(xb, rows, C, r.k, NULL, r.p1);
-        for (int64_t c = 0; c < C; c++)
-            r.m[c] = r.p1[c] / (P)rows;
-        F(gn_cols)(xb, rows, C, r.k, r.m, r.p2);
+        F(gn_moments)(xb, rows, C, r.k, r.p1, r.p2);
         const double na = (double)r0, nb = (double)rows, nab = na + nb;
         for (int64_t c = 0; c < C; c++) { /* Chan et al.: merge the block */
-            const double delta = (double)r.m[c] - r.d1[c];
+            const double s1 = (double)r.p1[c], bm = s1 / nb;
+            double m2 = (double)r.p2[c] - s1 * bm;
+            m2 = m2 < 0 ? 0 : m2;
+            const double delta = ((double)r.k[c] - r.d1[c]) + bm;
             r.d1[c] += delta * (nb / nab);
-            r.d2[c] += (double)r.p2[c] + delta * delta * (na * nb / nab);
+            r.d2[c] += m2 + delta * delta * (na * nb / nab);
+            r.k[c] = (P)r.d1[c];
         }
     }
     for (int64_t g = 0; g < G; g++) {
         double mean = 0, m2 = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++)
-            mean += (double)r.k[c] + r.d1[c];
+            mean += r.d1[c];
         mean /= (double)Cg;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
-            const double d = ((double)r.k[c] + r.d1[c]) - mean;
+            const double d = r.d1[c] - mean;
             m2 += r.d2[c] + (double)HW * d * d;
         }
         const double var = m2 / L;
         const double invstd = 1.0 / sqrt(var + k->eps);
-        const P cm = (P)mean, cl = (P)(mean - (double)cm);
+        const P cm = (P)mean;
+        const double cl = mean - (double)cm;
         F(gn_save)(k, n * G + g, cm, var, (P)invstd);
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+            /* y = (x - cm) * a + b with a = weight * invstd rounded once,
+             * b = bias - cl * a: the low part of the mean goes into b */
+            const P a = (P)((k->weight ? (double)k->weight[c] : 1.0) * invstd);
             r.m[c] = cm;
-            r.cl[c] = cl;
-            /* one scale per channel: weight * invstd, rounded once */
-            r.a[c] = (P)((k->weight ? (double)k->weight[c] : 1.0) * invstd);
-            r.p1[c] = k->bias ? k->bias[c] : (P)0; /* p1: now the bias */
+            r.a[c] = a;
+            r.p1[c] = (P)((k->bias ? (double)k->bias[c] : 0.0) - cl * (double)a);
         }
     }
-    const P *restrict mc = r.m, *restrict lc = r.cl, *restrict ac = r.a, *restrict bc = r.p1;
+    const P *restrict mc = r.m, *restrict ac = r.a, *restrict bc = r.p1;
     for (int64_t i = 0; i < HW; i++) {
         const P *xi = GN_IN(r.bx, x + i * C, C); /* y may be x */
         P *yi = GN_OUT(r.bo, y + i * C);
-        for (int64_t c = 0; c < C; c++)
-            yi[c] = ((xi[c] - mc[c]) - lc[c]) * ac[c] + bc[c];
+        int64_t c = 0;
+        for (; c + F(WL) <= C; c += F(WL)) { /* each vector read before it is written */
+            const F(wvec_t) v = (BNC_WLOAD(xi + c) - BNC_WLOAD(mc + c)) * BNC_WLOAD(ac + c) +
+                                BNC_WLOAD(bc + c);
+            memcpy(yi + c, &v, sizeof v);
+        }
+        for (; c < C; c++)
+            yi[c] = (xi[c] - mc[c]) * ac[c] + bc[c];
         GN_PUT(y + i * C, r.bo, C);
     }
 }

@@ -4,7 +4,8 @@
  * Included by each kernel body (batchnorm_body.h; layernorm_body.h and
  * groupnorm_body.h through rowsums.h) after it
  * defines F() and P;
- * the body undefines BNC_VLOAD, BNC_FLUSH1 and BNC_FLUSH4 at its end.
+ * the body undefines BNC_VLOAD, BNC_WLOAD, BNC_FLUSH1 and BNC_FLUSH4 at its
+ * end.
  *
  * A run is summed in NL lanes: element i goes to lane i % NL. The lanes are
  * four accumulators f0..f3, GNU C vectors of BNC_VEC_BYTES (named variables,
@@ -19,6 +20,16 @@ enum { F(VL) = BNC_VEC_BYTES / (int)sizeof(P), F(NL) = 4 * F(VL) };
 
 /* The vector at p (any alignment). */
 #define BNC_VLOAD(p) (*(const F(uvec_t) *)(p))
+
+/* Column sums (one channel per element, rows added in row order) give the
+ * same result at any vector width: they use wide vectors, so that a row of
+ * up to 4 * BNC_WIDE_BYTES bytes is summed in one strip of four registers
+ * (strips over a narrower part of each row read memory at about half the
+ * speed of a linear read). */
+typedef P F(wvec_t) __attribute__((vector_size(BNC_WIDE_BYTES)));
+typedef P F(uwvec_t) __attribute__((vector_size(BNC_WIDE_BYTES), aligned(sizeof(P)), may_alias));
+enum { F(WL) = BNC_WIDE_BYTES / (int)sizeof(P) };
+#define BNC_WLOAD(p) (*(const F(uwvec_t) *)(p))
 
 /* a[lanes] += f (a: VL double lanes). */
 #define BNC_FLUSH1(a, f)                                                      \
