@@ -70,6 +70,7 @@ static inline int bnc_team(int n_threads, int64_t items, int64_t elements)
  * one AVX register; the no-AVX build splits each into two. */
 #define BNC_VEC_BYTES 32
 #define BNC_WIDE_BYTES 64      /* the column sums' vectors (lanes.h) */
+#define BNC_COLSUB 16          /* rows a column sum adds in working precision */
 
 static inline double bnc_lanes_sum(double *a)
 {

@@ -296,12 +296,35 @@ def test_eps_inside_sqrt(eps):
 # Accuracy
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["outlier_first", "ramp", "step"])
+def test_channels_last_moments_follow_the_data(dtype, kind):
+    """Channels last, many channels: blocks of rows are summed in one pass
+    about the chunk's mean so far. A first row far from the rest, a mean that
+    drifts from row to row, or that jumps halfway, at |mean|/std = 1e4, must
+    keep the statistics to the dtype's precision."""
+    rng = rng_for("cl-moments", kind, np.dtype(dtype).name)
+    x = 1e4 + rng.standard_normal((6400, 64))
+    if kind == "outlier_first":
+        x[0] += 1e3
+    elif kind == "ramp":
+        x += np.arange(6400)[:, None] * 0.01
+    else:
+        x[3200:] += 50.0
+    x = x.astype(dtype).reshape(64, 10, 10, 64)
+    mean_ref, var_ref, _ = ref.batch_norm_stats(f64(x), channel_axis=-1)
+    mean, var, _ = bnc.batch_norm_stats(x, channel_axis=-1)
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    assert_close(mean, mean_ref, tol, "mean")
+    assert_close(var, var_ref, 10 * tol, "var")
+
+
 @pytest.mark.parametrize("dtype,offset", [(np.float32, 1e4), (np.float64, 1e8),
                                           (np.float64, 1e6), (np.float16, 1e2)],
                          ids=["f32-1e4", "f64-1e8", "f64-1e6", "f16-1e2"])
 @pytest.mark.parametrize("shape,channel_axis", [((8, 3, 40, 40), 1), ((16, 20, 20, 4), -1),
-                                                ((20000, 2), 1)],
-                         ids=["nchw", "nhwc", "2d"])
+                                                ((64, 10, 10, 64), -1), ((20000, 2), 1)],
+                         ids=["nchw", "nhwc", "nhwc64", "2d"])
 def test_large_mean_offset(dtype, offset, shape, channel_axis):
     """|mean|/std = offset: variance still right (vs the reference on the same data)."""
     rng = rng_for("offset", shape, np.dtype(dtype).name, offset)

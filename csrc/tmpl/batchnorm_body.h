@@ -371,13 +371,56 @@ static inline P F(tree8)(P a, P b, P c, P d, P e, P f, P g, P h)
 }
 
 /* Moments of rows [r0, r1) of every channel (interleaved layout), shifted by
- * kd: bmean[c] = mean of x - kd[c], bm2[c] = sum of squared deviations. */
+ * kd: bmean[c] = mean of x - kd[c], bm2[c] = sum of squared deviations.
+ * run: the chunk's mean of x - kd so far, NULL for its first block. */
 BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, const double *kd,
-                                    double *restrict bmean, double *restrict bm2)
+                                    const double *run, double *restrict bmean,
+                                    double *restrict bm2)
 {
     const int64_t C = k->plan.channels, so = k->xs.outer;
     const double rows = (double)(r1 - r0);
     int64_t r;
+#if !STAGED
+    if (!k->packed) {
+        /* one pass over the block (column sums about a shift near the
+         * mean: the chunk's mean so far; for its first block, the block's
+         * own mean from a first pass while it is in cache), channels a tile
+         * at a time; sums of BNC_COLSUB rows in P, added up in double (the
+         * same shift for the whole block: the sums add) */
+        enum { TILE = 256 };
+        P sh[TILE], s1[TILE], s2[TILE];
+        double d1[TILE], d2[TILE];
+        const P *xb = k->x + r0 * so;
+        for (int64_t c0 = 0; c0 < C; c0 += TILE) {
+            const int64_t nc = C - c0 < TILE ? C - c0 : TILE;
+            for (int64_t c = 0; c < nc; c++)
+                sh[c] = (P)(run ? kd[c0 + c] + run[c0 + c] : kd[c0 + c]);
+            for (int pass = run ? 1 : 0; pass < 2; pass++) {
+                for (int64_t c = 0; c < nc; c++)
+                    d1[c] = d2[c] = 0;
+                for (r = r0; r < r1; r += BNC_COLSUB) {
+                    const int64_t n = r1 - r < BNC_COLSUB ? r1 - r : BNC_COLSUB;
+                    F(col_moments)(xb + (r - r0) * so + c0, n, so, nc, sh, s1, s2);
+                    for (int64_t c = 0; c < nc; c++) {
+                        d1[c] += (double)s1[c];
+                        d2[c] += (double)s2[c];
+                    }
+                }
+                if (pass == 0) /* the first block's shift: its mean */
+                    for (int64_t c = 0; c < nc; c++)
+                        sh[c] = (P)((double)sh[c] + d1[c] / rows);
+            }
+            for (int64_t c = 0; c < nc; c++) {
+                const double m = d1[c] / rows, m2 = d2[c] - d1[c] * m;
+                bmean[c0 + c] = ((double)sh[c] - kd[c0 + c]) + m;
+                bm2[c0 + c] = m2 < 0 ? 0 : m2;
+            }
+        }
+        return;
+    }
+#else
+    (void)run;
+#endif
     if (k->packed) {
         /* few channels: the block is one contiguous run; lane j holds
          * channel j % C, the lanes fold into channels in lane order */
@@ -511,7 +554,7 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
             double rows, fb, fab;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             rows = (double)(r1 - r0);
-            F(rows_moments)(k, r0, r1, kd, bmean, bm2);
+            F(rows_moments)(k, r0, r1, kd, b == b0 ? NULL : mean, bmean, bm2);
             if (b == b0) {
                 for (int64_t ch = 0; ch < C; ch++) {
                     n[ch] = rows;

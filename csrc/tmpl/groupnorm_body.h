@@ -18,8 +18,8 @@
  * reduced per channel block by block of rows in one pass (sums of x - k and
  * (x - k)^2 in P, k tracking the channel's running mean), merged per channel
  * in double (Chan et al.), and the Cg channels of a group merged in channel
- * order; the output is (x - mean) * (weight * invstd) + bias. The backward sums per channel in P for at most BNC_SUB rows, then in
- * double.
+ * order; the output is (x - mean) * (weight * invstd) + bias. The backward
+ * sums per channel in P for at most BNC_SUB rows, then in double.
  * Items are split statically over threads and nothing is shared between
  * items, so results do not depend on n_threads. Backward: the per-(n, c) sums
  * of dy and dy * xhat go to an N x C x 2 array of doubles, and dweight/dbias
@@ -224,69 +224,6 @@ static inline void F(gn_flush)(double *restrict d, P *restrict p, int64_t n)
     }
 }
 
-/* Per channel c of `rows` rows of C (x[r * C + c]): s1[c] = the sum of
- * x - k[c] and s2[c] = the sum of (x - k[c])^2, each channel summed in row
- * order in P. Channels go 4 * WL at a time with the sums in registers (one
- * load per element), then WL, then one by one: the sums of a channel are the
- * same whichever way they are taken. */
-BNC_HOT BNC_NOINLINE static void F(gn_moments)(const P *restrict x, int64_t rows, int64_t C,
-                                               const P *restrict kc, P *restrict s1,
-                                               P *restrict s2)
-{
-    int64_t c = 0;
-    for (; c + 4 * F(WL) <= C; c += 4 * F(WL)) {
-        const P *q = x + c;
-        const F(wvec_t) k0 = BNC_WLOAD(kc + c), k1 = BNC_WLOAD(kc + c + F(WL)),
-                        k2 = BNC_WLOAD(kc + c + 2 * F(WL)), k3 = BNC_WLOAD(kc + c + 3 * F(WL));
-        F(wvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
-        F(wvec_t) g0 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
-        for (int64_t r = 0; r < rows; r++, q += C) {
-            const F(wvec_t) v0 = BNC_WLOAD(q) - k0, v1 = BNC_WLOAD(q + F(WL)) - k1;
-            const F(wvec_t) v2 = BNC_WLOAD(q + 2 * F(WL)) - k2;
-            const F(wvec_t) v3 = BNC_WLOAD(q + 3 * F(WL)) - k3;
-            f0 += v0;
-            f1 += v1;
-            f2 += v2;
-            f3 += v3;
-            g0 += v0 * v0;
-            g1 += v1 * v1;
-            g2 += v2 * v2;
-            g3 += v3 * v3;
-        }
-        memcpy(s1 + c, &f0, sizeof f0);
-        memcpy(s1 + c + F(WL), &f1, sizeof f1);
-        memcpy(s1 + c + 2 * F(WL), &f2, sizeof f2);
-        memcpy(s1 + c + 3 * F(WL), &f3, sizeof f3);
-        memcpy(s2 + c, &g0, sizeof g0);
-        memcpy(s2 + c + F(WL), &g1, sizeof g1);
-        memcpy(s2 + c + 2 * F(WL), &g2, sizeof g2);
-        memcpy(s2 + c + 3 * F(WL), &g3, sizeof g3);
-    }
-    for (; c + F(WL) <= C; c += F(WL)) {
-        const P *q = x + c;
-        const F(wvec_t) k0 = BNC_WLOAD(kc + c);
-        F(wvec_t) f0 = {0}, g0 = {0};
-        for (int64_t r = 0; r < rows; r++, q += C) {
-            const F(wvec_t) v0 = BNC_WLOAD(q) - k0;
-            f0 += v0;
-            g0 += v0 * v0;
-        }
-        memcpy(s1 + c, &f0, sizeof f0);
-        memcpy(s2 + c, &g0, sizeof g0);
-    }
-    const int64_t c0 = c;
-    for (; c < C; c++)
-        s1[c] = s2[c] = 0;
-    for (int64_t r = 0; r < rows; r++) {
-        const P *restrict q = x + r * C;
-        for (c = c0; c < C; c++) {
-            const P v = q[c] - kc[c];
-            s1[c] += v;
-            s2[c] += v * v;
-        }
-    }
-}
-
 BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
 {
     const int64_t C = k->C, HW = k->HW, G = k->G, Cg = k->Cg, R = F(gn_rows)(C);
@@ -301,13 +238,13 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
         r.k[c] = LOAD(x[c]);
         r.d1[c] = r.d2[c] = 0;
     }
-    F(gn_moments)(GN_IN(r.bx, x, rows0 * C), rows0, C, r.k, r.p1, r.p2);
+    F(col_moments)(GN_IN(r.bx, x, rows0 * C), rows0, C, C, r.k, r.p1, r.p2);
     for (int64_t c = 0; c < C; c++)
         r.k[c] = (P)((double)r.k[c] + (double)r.p1[c] / (double)rows0);
     for (int64_t r0 = 0; r0 < HW; r0 += R) {
         const int64_t rows = HW - r0 < R ? HW - r0 : R;
         const P *xb = GN_IN(r.bx, x + r0 * C, rows * C);
-        F(gn_moments)(xb, rows, C, r.k, r.p1, r.p2);
+        F(col_moments)(xb, rows, C, C, r.k, r.p1, r.p2);
         const double na = (double)r0, nb = (double)rows, nab = na + nb;
         for (int64_t c = 0; c < C; c++) { /* Chan et al.: merge the block */
             const double s1 = (double)r.p1[c], bm = s1 / nb;

@@ -112,3 +112,67 @@ BNC_HOT BNC_NOINLINE __attribute__((unused)) static void F(ln_dots)(const P *res
     }
 }
 
+/* Column moments of an interleaved block: `rows` rows of n channels, row r
+ * at x + r * stride. Per channel c: s1[c] = the sum of x - k[c] and s2[c] =
+ * the sum of (x - k[c])^2, summed in row order in P (the caller keeps blocks
+ * short and k near the mean). Channels go 4 * WL at a time with the sums in
+ * registers (one load per element), then WL, then one by one: the sums of a
+ * channel are the same whichever way they are taken. (Not every body uses it
+ * for every dtype: hence `unused`.) */
+__attribute__((unused)) BNC_HOT BNC_NOINLINE static void
+F(col_moments)(const P *restrict x, int64_t rows, int64_t stride, int64_t n, const P *restrict kc,
+               P *restrict s1, P *restrict s2)
+{
+    int64_t c = 0;
+    for (; c + 4 * F(WL) <= n; c += 4 * F(WL)) {
+        const P *q = x + c;
+        const F(wvec_t) k0 = BNC_WLOAD(kc + c), k1 = BNC_WLOAD(kc + c + F(WL)),
+                        k2 = BNC_WLOAD(kc + c + 2 * F(WL)), k3 = BNC_WLOAD(kc + c + 3 * F(WL));
+        F(wvec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
+        F(wvec_t) g0 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
+        for (int64_t r = 0; r < rows; r++, q += stride) {
+            const F(wvec_t) v0 = BNC_WLOAD(q) - k0, v1 = BNC_WLOAD(q + F(WL)) - k1;
+            const F(wvec_t) v2 = BNC_WLOAD(q + 2 * F(WL)) - k2;
+            const F(wvec_t) v3 = BNC_WLOAD(q + 3 * F(WL)) - k3;
+            f0 += v0;
+            f1 += v1;
+            f2 += v2;
+            f3 += v3;
+            g0 += v0 * v0;
+            g1 += v1 * v1;
+            g2 += v2 * v2;
+            g3 += v3 * v3;
+        }
+        memcpy(s1 + c, &f0, sizeof f0);
+        memcpy(s1 + c + F(WL), &f1, sizeof f1);
+        memcpy(s1 + c + 2 * F(WL), &f2, sizeof f2);
+        memcpy(s1 + c + 3 * F(WL), &f3, sizeof f3);
+        memcpy(s2 + c, &g0, sizeof g0);
+        memcpy(s2 + c + F(WL), &g1, sizeof g1);
+        memcpy(s2 + c + 2 * F(WL), &g2, sizeof g2);
+        memcpy(s2 + c + 3 * F(WL), &g3, sizeof g3);
+    }
+    for (; c + F(WL) <= n; c += F(WL)) {
+        const P *q = x + c;
+        const F(wvec_t) k0 = BNC_WLOAD(kc + c);
+        F(wvec_t) f0 = {0}, g0 = {0};
+        for (int64_t r = 0; r < rows; r++, q += stride) {
+            const F(wvec_t) v0 = BNC_WLOAD(q) - k0;
+            f0 += v0;
+            g0 += v0 * v0;
+        }
+        memcpy(s1 + c, &f0, sizeof f0);
+        memcpy(s2 + c, &g0, sizeof g0);
+    }
+    const int64_t c0 = c;
+    for (; c < n; c++)
+        s1[c] = s2[c] = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const P *restrict q = x + r * stride;
+        for (c = c0; c < n; c++) {
+            const P v = q[c] - kc[c];
+            s1[c] += v;
+            s2[c] += v * v;
+        }
+    }
+}
