@@ -153,12 +153,25 @@ def make(bnc, torch, op, x, dy, w, b, thr, layout="nchw"):
             r = np.clip(sb / s, 1 / 3.0, 3.0)
             d = np.clip((m - rm.reshape(bs)) / s, -5.0, 5.0)
             return ((x - m) / sb * r + d) * w.reshape(bs) + b.reshape(bs)
-        fwd["numpy"] = np_fwd
-        # the backward is batch norm's with weight*r: the NumPy and torch
-        # columns time batch norm's backward, the closest existing code
+        def np_bwd():
+            # the backward is batch norm's with weight * r (r, d constants)
+            m = x.mean(axes, keepdims=True)
+            sb = np.sqrt(x.var(axes, keepdims=True) + EPS)
+            r = np.clip(sb / np.sqrt(rv.reshape(bs) + EPS), 1 / 3.0, 3.0)
+            xh = (x - m) / sb
+            g = dy * (w.reshape(bs) * r)
+            return (g - g.mean(axes, keepdims=True)
+                    - xh * (g * xh).mean(axes, keepdims=True)) / sb
+        fwd["numpy"], bwd["numpy"] = np_fwd, np_bwd
+        # PyTorch has no batch renorm: its columns time batch norm's forward
+        # and backward kernels, the closest existing code
         if torch is not None:
-            tx, tw, tb = t(x), t(w), t(b)
+            tx, tdy, tw, tb = t(x), t(dy), t(w), t(b)
             fwd["torch"] = lambda: F.batch_norm(tx, None, None, tw, tb, True).numpy()
+            _, tsm, tsi = torch.ops.aten.native_batch_norm(tx, tw, tb, None, None, True, 0.1,
+                                                            EPS)
+            bwd["torch"] = lambda: torch.ops.aten.native_batch_norm_backward(
+                tdy, tx, tw, None, None, tsm, tsi, True, EPS, [True, True, True])[0].numpy()
     elif op == "group_norm":
         if not hasattr(bnc, "group_norm_forward"):
             return None, None
@@ -181,10 +194,29 @@ def make(bnc, torch, op, x, dy, w, b, thr, layout="nchw"):
             v = g.var(red, keepdims=True)
             return ((g - m) / np.sqrt(v + EPS)).reshape(x.shape) * w.reshape(bs) \
                 + b.reshape(bs)
-        fwd["numpy"] = np_fwd
+        def groups(a):
+            # (N, G, rest) views and the axes a group reduces over (see np_fwd)
+            if ax == 1:
+                return a.reshape(a.shape[0], GROUPS, -1), (-1,)
+            return a.reshape(a.shape[0], -1, GROUPS, a.shape[-1] // GROUPS), (1, 3)
+
+        def np_bwd():
+            g, red = groups(x)
+            m = g.mean(red, keepdims=True)
+            inv = 1 / np.sqrt(g.var(red, keepdims=True) + EPS)
+            xh = (g - m) * inv
+            gw, _ = groups(dy * w.reshape(bs))
+            return (inv * (gw - gw.mean(red, keepdims=True)
+                           - xh * (gw * xh).mean(red, keepdims=True))).reshape(x.shape)
+        fwd["numpy"], bwd["numpy"] = np_fwd, np_bwd
         if torch is not None:
-            tx, tw, tb = _torch_view(t, x, ax), t(w), t(b)
+            tx, tdy, tw, tb = _torch_view(t, x, ax), _torch_view(t, dy, ax), t(w), t(b)
             fwd["torch"] = lambda: _numpy_view(F.group_norm(tx, GROUPS, tw, tb, EPS), ax)
+            N, C = tx.shape[0], tx.shape[1]
+            HW = int(np.prod(tx.shape[2:]))
+            _, tgm, tgr = torch.ops.aten.native_group_norm(tx, tw, tb, N, C, HW, GROUPS, EPS)
+            bwd["torch"] = lambda: _numpy_view(torch.ops.aten.native_group_norm_backward(
+                tdy, tx, tgm, tgr, tw, N, C, HW, GROUPS, [True, True, True])[0], ax)
     elif op == "instance_norm":
         if not hasattr(bnc, "instance_norm_forward"):
             return None, None
