@@ -13,7 +13,7 @@ cimport numpy as cnp
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.tuple cimport PyTuple_GET_SIZE
-from libc.float cimport DBL_MAX, DBL_MIN, FLT_MAX, FLT_MIN
+from libc.float cimport DBL_EPSILON, DBL_MAX, DBL_MIN, FLT_EPSILON, FLT_MAX, FLT_MIN
 from libc.limits cimport INT_MAX
 from libc.math cimport INFINITY, fabs, sqrt
 from libc.stdint cimport INT64_MAX, int64_t

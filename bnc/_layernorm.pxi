@@ -21,6 +21,191 @@ cdef extern from "bnc/bnc.h" nogil:
     int bnc_rmsnorm_bwd_f16(int64_t rows, int64_t D, const bnc_f16_t *dy, const bnc_f16_t *x, const float *weight, const float *invrms, bnc_f16_t *dx, float *dweight, int n_threads)
 
 
+cdef int _ln_fwd_call(int isz, bint rms, int64_t rows, int64_t D, void *px, void *pw, void *pb,
+                      double e, void *py, void *pm, void *pi, int nt) noexcept:
+    """The layer norm (rms: RMS norm) forward kernel of x's itemsize; its status."""
+    cdef int st
+    with nogil:
+        if isz == 2:
+            if rms:
+                st = bnc_rmsnorm_fwd_f16(rows, D, <bnc_f16_t *>px, <float *>pw, e,
+                                         <bnc_f16_t *>py, <float *>pi, nt)
+            else:
+                st = bnc_layernorm_fwd_f16(rows, D, <bnc_f16_t *>px, <float *>pw,
+                                           <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
+                                           <float *>pi, nt)
+        elif isz == 8:
+            if rms:
+                st = bnc_rmsnorm_fwd_f64(rows, D, <double *>px, <double *>pw, e,
+                                         <double *>py, <double *>pi, nt)
+            else:
+                st = bnc_layernorm_fwd_f64(rows, D, <double *>px, <double *>pw,
+                                           <double *>pb, e, <double *>py, <double *>pm,
+                                           <double *>pi, nt)
+        else:
+            if rms:
+                st = bnc_rmsnorm_fwd_f32(rows, D, <float *>px, <float *>pw, e,
+                                         <float *>py, <float *>pi, nt)
+            else:
+                st = bnc_layernorm_fwd_f32(rows, D, <float *>px, <float *>pw,
+                                           <float *>pb, e, <float *>py, <float *>pm,
+                                           <float *>pi, nt)
+    return st
+
+
+cdef int _ln_bwd_call(int isz, bint rms, int64_t rows, int64_t D, void *pdy, void *px,
+                      void *pw, void *pm, void *pi, void *pdx, void *pdw, void *pdb,
+                      int nt) noexcept:
+    """The layer norm (rms: RMS norm) backward kernel of x's itemsize; its status."""
+    cdef int st
+    with nogil:
+        if isz == 2:
+            if rms:
+                st = bnc_rmsnorm_bwd_f16(rows, D, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                         <float *>pw, <float *>pi, <bnc_f16_t *>pdx,
+                                         <float *>pdw, nt)
+            else:
+                st = bnc_layernorm_bwd_f16(rows, D, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                           <float *>pw, <float *>pm, <float *>pi,
+                                           <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
+        elif isz == 8:
+            if rms:
+                st = bnc_rmsnorm_bwd_f64(rows, D, <double *>pdy, <double *>px,
+                                         <double *>pw, <double *>pi, <double *>pdx,
+                                         <double *>pdw, nt)
+            else:
+                st = bnc_layernorm_bwd_f64(rows, D, <double *>pdy, <double *>px,
+                                           <double *>pw, <double *>pm, <double *>pi,
+                                           <double *>pdx, <double *>pdw, <double *>pdb, nt)
+        else:
+            if rms:
+                st = bnc_rmsnorm_bwd_f32(rows, D, <float *>pdy, <float *>px, <float *>pw,
+                                         <float *>pi, <float *>pdx, <float *>pdw, nt)
+            else:
+                st = bnc_layernorm_bwd_f32(rows, D, <float *>pdy, <float *>px,
+                                           <float *>pw, <float *>pm, <float *>pi,
+                                           <float *>pdx, <float *>pdw, <float *>pdb, nt)
+    return st
+
+
+# ---- fast paths (see "fast paths" in _core.pyx: exact, C-contiguous, aligned
+# ndarrays of the right dtypes and plain options go straight to the kernel;
+# anything else returns None and the generic path validates as before) ----
+
+cdef inline bint _ln_fast_arr(object v, int ptype, cnp.npy_intp *dims, int nd) noexcept:
+    """v is None or an ndarray usable as it is: type ptype, native, C-contiguous,
+    aligned, of shape dims[:nd]."""
+    if v is None:
+        return True
+    if type(v) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>v
+    cdef int i
+    if not (cnp.PyArray_TYPE(a) == ptype and cnp.PyArray_ISNOTSWAPPED(a)
+            and cnp.PyArray_NDIM(a) == nd and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and cnp.PyArray_ISALIGNED(a)):
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIMS(a)[i] != dims[i]:
+            return False
+    return True
+
+
+cdef inline int _ln_fast_axis(cnp.ndarray a, object axis) noexcept:
+    """axis (a plain int) as an index in [0, ndim), or -1."""
+    cdef int nd = cnp.PyArray_NDIM(a), overflow = 0
+    if type(axis) is not int:
+        return -1
+    cdef long long ax = _as_ll(axis, &overflow)
+    if overflow or ax < -nd or ax >= nd:
+        return -1
+    return <int>(ax + nd if ax < 0 else ax)
+
+
+cdef object _ln_fwd_fast(object x, object weight, object bias, object axis, object eps,
+                         object out, object n_threads, bint rms):
+    """layer_norm_forward_raw's result on a call a fast path takes, else None."""
+    global _n_fast
+    if not _fast_x(x):
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int ax = _ln_fast_axis(a, axis), nd = cnp.PyArray_NDIM(a), i
+    if ax < 0:
+        return None
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
+    cdef int isz = <int>cnp.PyArray_ITEMSIZE(a)
+    cdef int ptype = cnp.NPY_FLOAT64 if isz == 8 else cnp.NPY_FLOAT32
+    cdef double e
+    if rms and eps is None:  # the computing dtype's machine epsilon
+        e = DBL_EPSILON if isz == 8 else FLT_EPSILON
+    elif type(eps) is float:
+        e = PyFloat_AS_DOUBLE(eps)
+        if not (e > 0 and e < INFINITY):
+            return None
+    else:
+        return None
+    if rms and bias is not None:
+        return None
+    if not (_ln_fast_arr(weight, ptype, shape + ax, nd - ax)
+            and _ln_fast_arr(bias, ptype, shape + ax, nd - ax)):
+        return None
+    cdef int nt = _fast_threads(n_threads)
+    cdef int o = _fast_out(out, x)
+    if nt < 1 or o < 0 or (o > 0 and not (_apart(out, weight) and _apart(out, bias))):
+        return None
+    cdef int64_t rows = 1, D = 1
+    for i in range(ax):
+        rows *= shape[i]
+    for i in range(ax, nd):
+        D *= shape[i]
+    y = _empty_like(a, cnp.NPY_KEEPORDER, NULL, 0) if o == 0 else out
+    mean = None if rms else cnp.PyArray_EMPTY(ax, shape, ptype, 0)
+    invstd = cnp.PyArray_EMPTY(ax, shape, ptype, 0)
+    _check(_ln_fwd_call(isz, rms, rows, D, _ptr(x), _ptr_or_null(weight),
+                        _ptr_or_null(bias), e, _ptr(y), _ptr_or_null(mean), _ptr(invstd), nt))
+    _n_fast += 1
+    return y, mean, invstd
+
+
+cdef object _ln_bwd_fast(object grad_out, object x, object weight, object mean,
+                         object invstd, object axis, object out, object n_threads, bint rms):
+    """layer_norm_backward_raw's result on a call a fast path takes, else None."""
+    global _n_fast
+    if not (_fast_x(x) and _fast_x(grad_out)):
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x, g = <cnp.ndarray>grad_out
+    if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(a) or not _same_shape(g, a):
+        return None
+    cdef int ax = _ln_fast_axis(a, axis), nd = cnp.PyArray_NDIM(a), i
+    if ax < 0 or invstd is None or (mean is None) != rms:
+        return None
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
+    cdef int isz = <int>cnp.PyArray_ITEMSIZE(a)
+    cdef int ptype = cnp.NPY_FLOAT64 if isz == 8 else cnp.NPY_FLOAT32
+    if not (_ln_fast_arr(weight, ptype, shape + ax, nd - ax)
+            and _ln_fast_arr(mean, ptype, shape, ax) and _ln_fast_arr(invstd, ptype, shape, ax)):
+        return None
+    cdef int nt = _fast_threads(n_threads)
+    cdef int o = _fast_out(out, x)
+    if nt < 1 or o == -1 or o == 2 or (o == 1 and not (
+            _apart(out, grad_out) and _apart(out, weight) and _apart(out, mean)
+            and _apart(out, invstd))):
+        return None
+    cdef int64_t rows = 1, D = 1
+    for i in range(ax):
+        rows *= shape[i]
+    for i in range(ax, nd):
+        D *= shape[i]
+    dx = _empty_like(a, cnp.NPY_KEEPORDER, NULL, 0) if o == 0 else out
+    dweight = cnp.PyArray_EMPTY(nd - ax, shape + ax, ptype, 0)
+    dbias = None if rms else cnp.PyArray_EMPTY(nd - ax, shape + ax, ptype, 0)
+    _check(_ln_bwd_call(isz, rms, rows, D, _ptr(grad_out), _ptr(x), _ptr_or_null(weight),
+                        _ptr_or_null(mean), _ptr(invstd), _ptr(dx), _ptr(dweight),
+                        _ptr_or_null(dbias), nt))
+    _n_fast += 1
+    return dx, dweight, dbias
+
+
 cdef object _ln_input(object v, str name):
     """v as a float16/32/64 ndarray in native byte order, not empty."""
     a = v if type(v) is np.ndarray else np.asarray(v)
@@ -75,6 +260,9 @@ def layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, bint rms)
     mean is None for RMS norm, invstd is then the inverse RMS. Statistics have
     shape x.shape[:axis]. Everything is validated before anything is written.
     """
+    r = _ln_fwd_fast(x, weight, bias, axis, eps, out, n_threads, rms)
+    if r is not None:
+        return r
     x = _ln_input(x, "x")
     cdef int ax = layer_norm_check_axis(x.shape, axis)
     xdt = x.dtype
@@ -108,34 +296,7 @@ def layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, bint rms)
     cdef void *py = _ptr(y)
     cdef void *pm = _ptr_or_null(mean)
     cdef void *pi = _ptr(invstd)
-    cdef int st
-    cdef int isz = xdt.itemsize
-    with nogil:
-        if isz == 2:
-            if rms:
-                st = bnc_rmsnorm_fwd_f16(rows, D, <bnc_f16_t *>px, <float *>pw, e,
-                                         <bnc_f16_t *>py, <float *>pi, nt)
-            else:
-                st = bnc_layernorm_fwd_f16(rows, D, <bnc_f16_t *>px, <float *>pw,
-                                           <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
-                                           <float *>pi, nt)
-        elif isz == 8:
-            if rms:
-                st = bnc_rmsnorm_fwd_f64(rows, D, <double *>px, <double *>pw, e,
-                                         <double *>py, <double *>pi, nt)
-            else:
-                st = bnc_layernorm_fwd_f64(rows, D, <double *>px, <double *>pw,
-                                           <double *>pb, e, <double *>py, <double *>pm,
-                                           <double *>pi, nt)
-        else:
-            if rms:
-                st = bnc_rmsnorm_fwd_f32(rows, D, <float *>px, <float *>pw, e,
-                                         <float *>py, <float *>pi, nt)
-            else:
-                st = bnc_layernorm_fwd_f32(rows, D, <float *>px, <float *>pw,
-                                           <float *>pb, e, <float *>py, <float *>pm,
-                                           <float *>pi, nt)
-    _check(st)
+    _check(_ln_fwd_call(xdt.itemsize, rms, rows, D, px, pw, pb, e, py, pm, pi, nt))
     if out is not None and y is not out:
         np.copyto(out, y)
         y = out
@@ -154,6 +315,9 @@ def layer_norm_backward_raw(grad_out, x, weight, mean, invstd, axis, out, n_thre
     Returns (dx, dweight, dbias); dbias is None for RMS norm. dweight (and
     dbias) are always computed, as if weight were ones when it is None.
     """
+    r = _ln_bwd_fast(grad_out, x, weight, mean, invstd, axis, out, n_threads, rms)
+    if r is not None:
+        return r
     x = _ln_input(x, "x")
     dy = _ln_input(grad_out, "grad_out")
     xdt = x.dtype
@@ -198,36 +362,7 @@ def layer_norm_backward_raw(grad_out, x, weight, mean, invstd, axis, out, n_thre
     cdef void *pdx = _ptr(dx)
     cdef void *pdw = _ptr(dweight)
     cdef void *pdb = _ptr_or_null(dbias)
-    cdef int st
-    cdef int isz = xdt.itemsize
-    with nogil:
-        if isz == 2:
-            if rms:
-                st = bnc_rmsnorm_bwd_f16(rows, D, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
-                                         <float *>pw, <float *>pi, <bnc_f16_t *>pdx,
-                                         <float *>pdw, nt)
-            else:
-                st = bnc_layernorm_bwd_f16(rows, D, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
-                                           <float *>pw, <float *>pm, <float *>pi,
-                                           <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
-        elif isz == 8:
-            if rms:
-                st = bnc_rmsnorm_bwd_f64(rows, D, <double *>pdy, <double *>px,
-                                         <double *>pw, <double *>pi, <double *>pdx,
-                                         <double *>pdw, nt)
-            else:
-                st = bnc_layernorm_bwd_f64(rows, D, <double *>pdy, <double *>px,
-                                           <double *>pw, <double *>pm, <double *>pi,
-                                           <double *>pdx, <double *>pdw, <double *>pdb, nt)
-        else:
-            if rms:
-                st = bnc_rmsnorm_bwd_f32(rows, D, <float *>pdy, <float *>px, <float *>pw,
-                                         <float *>pi, <float *>pdx, <float *>pdw, nt)
-            else:
-                st = bnc_layernorm_bwd_f32(rows, D, <float *>pdy, <float *>px,
-                                           <float *>pw, <float *>pm, <float *>pi,
-                                           <float *>pdx, <float *>pdw, <float *>pdb, nt)
-    _check(st)
+    _check(_ln_bwd_call(xdt.itemsize, rms, rows, D, pdy, px, pw, pm, pi, pdx, pdw, pdb, nt))
     if out is not None and dx is not out:
         np.copyto(out, dx)
         dx = out

@@ -499,3 +499,71 @@ def test_stats_narrowing_warns_like_numpy():
     with pytest.warns(RuntimeWarning, match="overflow"):
         _, var2, _ = bnc.batch_norm_stats(x, channel_axis=generic(1))
     _same(var, var2, "var")
+
+
+# ---- layer norm and RMS norm ------------------------------------------------
+
+LN_SHAPES = [((64, 64), -1), ((3, 5, 8), 1), ((2, 7), 0), ((4, 1), -1), ((16, 384), -1)]
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape,axis", LN_SHAPES)
+def test_layer_norm_fast_matches_generic(shape, axis, dtype, rms):
+    rng = rng_for("ln-fast", shape, axis, np.dtype(dtype).name, rms)
+    x = make_x(shape, dtype, rng, loc=1.0)
+    dy = make_x(shape, dtype, rng)
+    norm = shape[axis % len(shape):]
+    sdt = np.float64 if dtype == np.float64 else np.float32
+    w = (rng.random(norm) + 0.5).astype(sdt)
+    b = rng.standard_normal(norm).astype(sdt)
+    if rms:
+        def fwd(ax, out=None):
+            return bnc.rms_norm_forward(x, w, axis=ax, out=out, n_threads=1)
+
+        def bwd(s, ax, out=None):
+            return bnc.rms_norm_backward(dy, x, w, s, axis=ax, out=out, n_threads=1)
+    else:
+        def fwd(ax, out=None):
+            return bnc.layer_norm_forward(x, w, b, axis=ax, out=out, n_threads=1)
+
+        def bwd(s, ax, out=None):
+            return bnc.layer_norm_backward(dy, x, w, s, axis=ax, out=out, n_threads=1)
+    with Fast(2):
+        y, s = fwd(axis)
+        g = bwd(s, axis)
+    with Fast(0):  # an np.int64 axis: the generic path, same bits
+        yg, sg = fwd(np.int64(axis))
+        gg = bwd(s, np.int64(axis))
+    assert bit_equal(y, yg) and all(bit_equal(a, c) for a, c in zip(s, sg))
+    assert all(bit_equal(a, c) for a, c in zip(g, gg) if a is not None)
+    assert y.shape == x.shape and y.dtype == x.dtype and s[-1].shape == shape[:axis % len(shape)]
+    yr = (ref.rms_norm(x, w, axis=axis, eps=float(np.finfo(sdt).eps)) if rms
+          else ref.layer_norm(x, w, b, axis=axis))
+    assert_close(y, yr, 10 * tol(dtype), "y")
+    out = np.empty_like(x)
+    with Fast(2):
+        assert fwd(axis, out)[0] is out and bit_equal(out, y)
+        assert bwd(s, axis, out)[0] is out and bit_equal(out, g[0])
+
+
+def test_layer_norm_fast_path_leaves_the_rest_generic():
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    w = np.ones(16, np.float32)
+    y = bnc.layer_norm(x, w)
+    with Fast(0):
+        assert bit_equal(bnc.layer_norm(x, list(w)), y)           # not an ndarray
+        assert bit_equal(bnc.layer_norm(x, w, eps=np.float32(1e-5)), y)  # not a float
+        assert bit_equal(bnc.layer_norm(np.asfortranarray(x), w), y)  # not C-contiguous
+        bnc.layer_norm(x[0], w)                                   # 1-D x
+        with pytest.raises(ValueError, match="eps"):
+            bnc.layer_norm(x, w, eps=0.0)
+        with pytest.raises(ValueError, match="weight"):
+            bnc.layer_norm(x, np.ones(15, np.float32))
+        with pytest.raises(TypeError, match="bias"):
+            bnc.rms_norm(x, w, bias=w)
+        with pytest.raises(ValueError, match="out"):
+            bnc.layer_norm(x, w, out=w.reshape(1, 16).repeat(8, 0)[:, :8])
+        y2 = x.copy()
+        with pytest.raises(ValueError, match="out"):  # out overlapping the weight
+            bnc.layer_norm(y2, y2[0], out=y2)
