@@ -74,8 +74,8 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None, n_thre
     Same results as ``torch.nn.functional.layer_norm(x, x.shape[axis:], weight,
     bias, eps)``. See layer_norm_forward for the arguments.
     """
-    return layer_norm_forward(x, weight, bias, axis=axis, eps=eps, out=out,
-                              n_threads=n_threads)[0]
+    # the kernel directly: no saved statistics to wrap
+    return _core.layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, False)[0]
 
 
 def layer_norm_backward(grad_out, x, weight, saved, *, axis=-1, out=None, n_threads=None):
@@ -118,7 +118,7 @@ def rms_norm_forward(x, weight=None, *, axis=-1, eps=None, out=None, n_threads=N
 def rms_norm(x, weight=None, *, axis=-1, eps=None, out=None, n_threads=None):
     """RMS norm; same results as ``torch.nn.functional.rms_norm(x, x.shape[axis:],
     weight, eps)``. See rms_norm_forward."""
-    return rms_norm_forward(x, weight, axis=axis, eps=eps, out=out, n_threads=n_threads)[0]
+    return _core.layer_norm_forward_raw(x, weight, None, axis, eps, out, n_threads, True)[0]
 
 
 def rms_norm_backward(grad_out, x, weight, saved, *, axis=-1, out=None, n_threads=None):

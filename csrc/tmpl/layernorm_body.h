@@ -391,15 +391,19 @@ static int F(ln_bwd)(int rms, int64_t rows, int64_t D, const T *dy, const T *x,
     k.y = dx;
     k.dweight = dweight;
     k.dbias = rms ? NULL : dbias;
-    /* chunks of rows: a function of the shape only; their column partials
-     * (1 or 2 x D doubles each) stay within BNC_SCRATCH doubles */
+    /* chunks of rows: a function of the shape only; at most BNC_PIECES, of
+     * at least BNC_BLOCK elements each (small calls: one chunk, no partials
+     * to merge), and their column partials (1 or 2 x D doubles each) within
+     * BNC_SCRATCH doubles */
     {
         const int64_t width = k.dbias ? 2 : 1;
         int64_t c = BNC_SCRATCH / (width * D);
-        if (c < 1)
-            c = 1;
+        if (c > rows / ((BNC_BLOCK + D - 1) / D))
+            c = rows / ((BNC_BLOCK + D - 1) / D);
         if (c > BNC_PIECES)
             c = BNC_PIECES;
+        if (c < 1)
+            c = 1;
         k.nchunks = c < rows ? c : rows;
         if (dweight || k.dbias) {
             k.parts = malloc((sizeof(double) + sizeof(P)) * (size_t)(k.nchunks * width * D));
