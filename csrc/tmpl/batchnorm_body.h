@@ -30,7 +30,7 @@ typedef struct {
     double rmax, dmax;
     P *save_r, *save_d;
     P *dweight, *dbias;
-    P *cm, *cl, *ca, *cb, *cg;     /* per-channel coefficients, see the apply passes */
+    P *cm, *ca, *cb, *cg;          /* per-channel coefficients, see the apply passes */
     /* the fused kernels (bnc_batchnorm_*_fused): forward y = act(bn(x) + res);
      * backward dz = dy masked by the ReLU read from the forward's y (yact),
      * and dres = dz, the residual's gradient */
@@ -82,11 +82,11 @@ BNC_HOT BNC_NOINLINE static void F(dot_p)(const P *restrict dy, int64_t gs,
     BNC_FLUSH4(a, f0, f1, f2, f3);
 }
 
-/* y = ((x - m) - ml) * a + s; x and y may be the same array. */
-static inline void F(norm_p)(const P *x, P *y, int64_t n, P m, P ml, P a, P s)
+/* y = (x - m) * a + s; x and y may be the same array. */
+static inline void F(norm_p)(const P *x, P *y, int64_t n, P m, P a, P s)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = ((x[i] - m) - ml) * a + s;
+        y[i] = (x[i] - m) * a + s;
 }
 
 /* ReLU as torch.relu: negatives to 0, NaN propagates, -0.0 stays. */
@@ -103,21 +103,20 @@ static inline T F(relu_grad)(T dy, T y)
     return LOAD(y) <= 0 ? (T)0 : dy;
 }
 
-/* y = act(((x - m) - ml) * a + s + r): r may be NULL (then relu is set); act
+/* y = act((x - m) * a + s + r): r may be NULL (then relu is set); act
  * is the ReLU if relu. x, r and y may be the same array. One loop per variant. */
-static inline void F(fuse_p)(const P *x, const P *r, P *y, int64_t n, P m, P ml, P a, P s,
-                             int relu)
+static inline void F(fuse_p)(const P *x, const P *r, P *y, int64_t n, P m, P a, P s, int relu)
 {
     int64_t i;
     if (!r)
         for (i = 0; i < n; i++)
-            y[i] = F(relu)(((x[i] - m) - ml) * a + s);
+            y[i] = F(relu)((x[i] - m) * a + s);
     else if (relu)
         for (i = 0; i < n; i++)
-            y[i] = F(relu)((((x[i] - m) - ml) * a + s) + r[i]);
+            y[i] = F(relu)(((x[i] - m) * a + s) + r[i]);
     else
         for (i = 0; i < n; i++)
-            y[i] = (((x[i] - m) - ml) * a + s) + r[i];
+            y[i] = ((x[i] - m) * a + s) + r[i];
 }
 
 /* dx = ((dy - a) - (x - m) * g) * s. */
@@ -182,19 +181,19 @@ static inline void F(run_dot)(const T *dy, int64_t gs, const T *x, int64_t xs, i
         }
 }
 
-static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P ml, P a, P s)
+static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P a, P s)
 {
     P b[BNC_STAGE];
     for (int64_t o = 0; o < n; o += BNC_STAGE) {
         int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
         bnc_f16_load(b, x + o, m);
-        F(norm_p)(b, b, m, mu, ml, a, s);
+        F(norm_p)(b, b, m, mu, a, s);
         bnc_f16_store(y + o, b, m);
     }
 }
 
-static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P ml, P a,
-                               P s, int relu)
+static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P a, P s,
+                               int relu)
 {
     P b[BNC_STAGE], c[BNC_STAGE];
     for (int64_t o = 0; o < n; o += BNC_STAGE) {
@@ -202,7 +201,7 @@ static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P 
         bnc_f16_load(b, x + o, m);
         if (r)
             bnc_f16_load(c, r + o, m);
-        F(fuse_p)(b, r ? c : NULL, b, m, mu, ml, a, s, relu);
+        F(fuse_p)(b, r ? c : NULL, b, m, mu, a, s, relu);
         bnc_f16_store(y + o, b, m);
     }
 }
@@ -246,14 +245,14 @@ static inline void F(run_dot)(const T *dy, int64_t gs, const T *x, int64_t xs, i
 {
     F(dot_p)(dy, gs, x, xs, rows, n, mu, a);
 }
-static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P ml, P a, P s)
+static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P a, P s)
 {
-    F(norm_p)(x, y, n, mu, ml, a, s);
+    F(norm_p)(x, y, n, mu, a, s);
 }
-static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P ml, P a,
-                               P s, int relu)
+static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P a, P s,
+                               int relu)
 {
-    F(fuse_p)(x, r, y, n, mu, ml, a, s, relu);
+    F(fuse_p)(x, r, y, n, mu, a, s, relu);
 }
 static inline void F(run_grad)(const T *dy, const T *x, T *dx, int64_t n, P mu, P a, P g,
                                P s)
@@ -304,22 +303,21 @@ static inline void F(repeat)(P *restrict dst, const P *restrict src, int64_t C, 
 
 /* ---- per-channel coefficients of the elementwise passes ---- */
 
-/* Normalizing pass: y = ((x - cm) - cl) * ca + cb. The mean is split into a
- * P-rounded head cm and the rest cl: x - cm is exact for x near the mean, so
- * float32 data far from zero (|mean|/std = 1e4) still normalizes to ~1 ulp.
+/* Normalizing pass: y = (x - cm) * ca + cb. The mean is split into a
+ * P-rounded head cm and the rest cl = mean - cm: x - cm is exact for x near
+ * the mean, so float32 data far from zero (|mean|/std = 1e4) still normalizes
+ * to ~1 ulp, and -cl * ca goes into cb, computed in double with the bias.
  * Batch renorm's y = w * (xhat * r + d) + b is the same pass with
- * ca = w * r * invstd and cb = w * d + b; batch norm is r = 1, d = 0, which
- * gives the same bits (w * 1 is w, and d = 0 keeps the bias as it is). */
+ * ca = w * r * invstd and cb = w * d + b - cl * ca; batch norm is r = 1,
+ * d = 0, which gives the same bits (w * 1 is w, w * 0 adds nothing). */
 static void F(set_norm_coef)(F(ctx_t) *k, int64_t c, double mean, double invstd, double r,
                              double d)
 {
-    double w = k->weight ? (double)k->weight[c] : 1.0;
+    const double w = k->weight ? (double)k->weight[c] : 1.0;
+    const double b = k->bias ? (double)k->bias[c] : 0.0;
     k->cm[c] = (P)mean;
-    k->cl[c] = (P)(mean - (double)k->cm[c]);
     k->ca[c] = (P)(w * r * invstd);
-    k->cb[c] = k->bias ? k->bias[c] : (P)0;
-    if (d != 0)
-        k->cb[c] = (P)(w * d + (double)k->cb[c]);
+    k->cb[c] = (P)((d != 0 ? w * d + b : b) - (mean - (double)k->cm[c]) * (double)k->ca[c]);
 }
 
 /* Batch renorm's corrections from the batch statistics (mean, biased var)
@@ -865,43 +863,41 @@ static void F(finalize_grad)(void *vctx, int64_t c0, int64_t c1, bnc_parts_t p)
 
 /* ---- phase 3: the elementwise passes ---- */
 
-/* y[c] = ((x[c] - m[c]) - ml[c]) * a[c] + s[c] for c in [0, n). x and y may
- * be the same array. */
+/* y[c] = (x[c] - m[c]) * a[c] + s[c] for c in [0, n). x and y may be the
+ * same array. */
 static inline void F(norm_row)(const T *x, T *y, int64_t n, const P *restrict m,
-                               const P *restrict ml, const P *restrict a, const P *restrict s)
+                               const P *restrict a, const P *restrict s)
 {
     for (int64_t c = 0; c < n; c++)
-        y[c] = STORE(((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]);
+        y[c] = STORE((LOAD(x[c]) - m[c]) * a[c] + s[c]);
 }
 
-/* y[c] = act(((x[c] - m[c]) - ml[c]) * a[c] + s[c] + r[c]) for c in [0, n),
+/* y[c] = act((x[c] - m[c]) * a[c] + s[c] + r[c]) for c in [0, n),
  * as fuse_p with per-channel coefficients; r may be NULL (then relu is set).
  * x, r and y may be the same array. */
 static inline void F(fuse_row)(const T *x, const T *r, T *y, int64_t n, const P *restrict m,
-                               const P *restrict ml, const P *restrict a, const P *restrict s,
-                               int relu)
+                               const P *restrict a, const P *restrict s, int relu)
 {
     int64_t c;
     if (!r)
         for (c = 0; c < n; c++)
-            y[c] = STORE(F(relu)(((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]));
+            y[c] = STORE(F(relu)((LOAD(x[c]) - m[c]) * a[c] + s[c]));
     else if (relu)
         for (c = 0; c < n; c++)
-            y[c] = STORE(F(relu)((((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]) + LOAD(r[c])));
+            y[c] = STORE(F(relu)(((LOAD(x[c]) - m[c]) * a[c] + s[c]) + LOAD(r[c])));
     else
         for (c = 0; c < n; c++)
-            y[c] = STORE((((LOAD(x[c]) - m[c]) - ml[c]) * a[c] + s[c]) + LOAD(r[c]));
+            y[c] = STORE(((LOAD(x[c]) - m[c]) * a[c] + s[c]) + LOAD(r[c]));
 }
 
-/* Forward: y = ((x - cm) - cl) * ca + cb over a span (see bnc_sweep_t); fused
+/* Forward: y = (x - cm) * ca + cb over a span (see bnc_sweep_t); fused
  * (the fused kernels): y = act(that + res), res and act as in the ctx. */
 static BNC_ALWAYS_INLINE void F(apply_norm_t)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
                                               int64_t r1, int64_t i0, int64_t i1,
                                               const int fused)
 {
     const F(ctx_t) *k = vctx;
-    const P *restrict m = k->cm, *restrict ml = k->cl, *restrict a = k->ca,
-            *restrict s = k->cb;
+    const P *restrict m = k->cm, *restrict a = k->ca, *restrict s = k->cb;
     const int64_t yc = k->os.channel;
     const int64_t rc = fused && k->res ? k->rs.channel : 1;
     const int relu = fused && k->relu;
@@ -914,21 +910,20 @@ static BNC_ALWAYS_INLINE void F(apply_norm_t)(void *vctx, int64_t c0, int64_t c1
         const T *xb = k->x + r0 * C;
         const T *rb = fused && k->res ? k->res + r0 * C : NULL;
         T *yb = k->out + r0 * C;
-        P em[BNC_PACK], eml[BNC_PACK], ea[BNC_PACK], es[BNC_PACK];
+        P em[BNC_PACK], ea[BNC_PACK], es[BNC_PACK];
         int64_t i;
         F(repeat)(em, m, C, L);
-        F(repeat)(eml, ml, C, L);
         F(repeat)(ea, a, C, L);
         F(repeat)(es, s, C, L);
         if (fused) {
             for (i = 0; i + L <= len; i += L)
-                F(fuse_row)(xb + i, rb ? rb + i : NULL, yb + i, L, em, eml, ea, es, relu);
-            F(fuse_row)(xb + i, rb ? rb + i : NULL, yb + i, len - i, em, eml, ea, es, relu);
+                F(fuse_row)(xb + i, rb ? rb + i : NULL, yb + i, L, em, ea, es, relu);
+            F(fuse_row)(xb + i, rb ? rb + i : NULL, yb + i, len - i, em, ea, es, relu);
             return;
         }
         for (i = 0; i + L <= len; i += L)
-            F(norm_row)(xb + i, yb + i, L, em, eml, ea, es);
-        F(norm_row)(xb + i, yb + i, len - i, em, eml, ea, es);
+            F(norm_row)(xb + i, yb + i, L, em, ea, es);
+        F(norm_row)(xb + i, yb + i, len - i, em, ea, es);
         return;
     }
     for (int64_t r = r0; r < r1; r++) {
@@ -936,27 +931,27 @@ static BNC_ALWAYS_INLINE void F(apply_norm_t)(void *vctx, int64_t c0, int64_t c1
         const T *rr = fused && k->res ? k->res + r * k->rs.outer : NULL;
         T *yr = k->out + r * k->os.outer;
         if (fused && k->plan.interleaved && yc == 1 && rc == 1) /* x, r, y may be the same */
-            F(fuse_row)(xr + c0, rr ? rr + c0 : NULL, yr + c0, c1 - c0, m + c0, ml + c0,
-                        a + c0, s + c0, relu);
+            F(fuse_row)(xr + c0, rr ? rr + c0 : NULL, yr + c0, c1 - c0, m + c0, a + c0,
+                        s + c0, relu);
         else if (fused && k->plan.interleaved) /* strided output: rare, per element */
             for (int64_t c = c0; c < c1; c++) {
-                P v = ((LOAD(xr[c]) - m[c]) - ml[c]) * a[c] + s[c];
+                P v = (LOAD(xr[c]) - m[c]) * a[c] + s[c];
                 v = rr ? v + LOAD(rr[c * rc]) : v;
                 yr[c * yc] = STORE(relu ? F(relu)(v) : v);
             }
         else if (fused)
             for (int64_t c = c0; c < c1; c++)
                 F(run_fuse)(xr + c * k->xs.channel + i0, rr ? rr + c * rc + i0 : NULL,
-                            yr + c * yc + i0, i1 - i0, m[c], ml[c], a[c], s[c], relu);
+                            yr + c * yc + i0, i1 - i0, m[c], a[c], s[c], relu);
         else if (k->plan.interleaved && yc == 1) /* x and y may be the same array */
-            F(norm_row)(xr + c0, yr + c0, c1 - c0, m + c0, ml + c0, a + c0, s + c0);
+            F(norm_row)(xr + c0, yr + c0, c1 - c0, m + c0, a + c0, s + c0);
         else if (k->plan.interleaved)
             for (int64_t c = c0; c < c1; c++)
-                yr[c * yc] = STORE(((LOAD(xr[c]) - m[c]) - ml[c]) * a[c] + s[c]);
+                yr[c * yc] = STORE((LOAD(xr[c]) - m[c]) * a[c] + s[c]);
         else
             for (int64_t c = c0; c < c1; c++)
                 F(run_norm)(xr + c * k->xs.channel + i0, yr + c * yc + i0, i1 - i0, m[c],
-                            ml[c], a[c], s[c]);
+                            a[c], s[c]);
     }
 }
 
@@ -1049,7 +1044,7 @@ BNC_HOT static void F(apply_grad_relu)(void *vctx, int64_t c0, int64_t c1, int64
 /* ---- entry points ---- */
 
 /* Allocates the per-channel coefficients: ca only (n = 1), those of the
- * normalizing pass (n = 4: cm, cl, ca, cb) or of the backward (n = 5, + cg). */
+ * normalizing pass (n = 3: cm, ca, cb) or of the backward (n = 4, + cg). */
 static int F(coef_alloc)(F(ctx_t) *k, int n)
 {
     int64_t C = k->plan.channels;
@@ -1058,9 +1053,8 @@ static int F(coef_alloc)(F(ctx_t) *k, int n)
         return BNC_ERR_NOMEM;
     k->ca = buf;
     k->cm = n > 1 ? buf + C : NULL;
-    k->cl = n > 1 ? buf + 2 * C : NULL;
-    k->cb = n > 1 ? buf + 3 * C : NULL;
-    k->cg = n > 4 ? buf + 4 * C : NULL;
+    k->cb = n > 1 ? buf + 2 * C : NULL;
+    k->cg = n > 3 ? buf + 3 * C : NULL;
     return BNC_OK;
 }
 
@@ -1137,7 +1131,7 @@ static int F(fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *wei
     k.dmax = dmax;
     k.save_r = save_r;
     k.save_d = save_d;
-    if ((st = F(coef_alloc)(&k, 4)))
+    if ((st = F(coef_alloc)(&k, 3)))
         return st;
     st = F(sweep)(&k, 3, 6, F(reduce_moments), F(finalize_moments),
                   res || relu ? F(apply_fused) : F(apply_norm), n_threads);
@@ -1209,7 +1203,7 @@ static int F(fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weig
     k.res = res;
     k.rs = rs;
     k.relu = relu;
-    if ((st = F(coef_alloc)(&k, 4)))
+    if ((st = F(coef_alloc)(&k, 3)))
         return st;
     k.weight = weight;
     k.bias = bias;
@@ -1303,7 +1297,7 @@ static int F(bwd_fused)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.drs = drs;
     k.dweight = dweight;
     k.dbias = dbias;
-    if (dx && (st = F(coef_alloc)(&k, train ? 5 : 1)))
+    if (dx && (st = F(coef_alloc)(&k, train ? 4 : 1)))
         return st;
     if (dx && !train) {
         k.write_in_reduce = 1;
@@ -1413,7 +1407,7 @@ int F(bnc_batchnorm_bwd_elemt)(bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.os = dxs;
     k.packed = k.packed && bnc_packable(&k.plan, xs, dys, dxs);
     k.weight = weight;
-    if ((st = F(coef_alloc)(&k, 5)))
+    if ((st = F(coef_alloc)(&k, 4)))
         return st;
     for (int64_t c = 0; c < d.channels; c++)
         F(set_grad_coef)(&k, c, sum_dy[c], sum_dy_xhat[c], (double)count);
