@@ -60,7 +60,8 @@ static inline int bnc_team(int n_threads, int64_t items, int64_t elements)
 #define BNC_ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* The most lanes of any dtype's contiguous reductions (float: 8 x 4), and
- * their fixed pairwise fold (unused lanes hold zeros). */
+ * their fixed pairwise fold (unused lanes hold zeros). bnc_lanes_sum is
+ * written for 32. */
 #define BNC_LANES 32
 
 /* Elements a lane sums in working precision before adding to its double. */
@@ -72,12 +73,20 @@ static inline int bnc_team(int n_threads, int64_t items, int64_t elements)
 #define BNC_WIDE_BYTES 64      /* the column sums' vectors (lanes.h) */
 #define BNC_COLSUB 16          /* rows a column sum adds in working precision */
 
-static inline double bnc_lanes_sum(double *a)
+/* The fold: lane l adds lane l + w for w = 16, 8, 4, 2, 1, in that order,
+ * in local variables (a loop over the array itself waits on its own stores). */
+static inline double bnc_lanes_sum(const double *a)
 {
-    for (int w = BNC_LANES / 2; w > 0; w /= 2)
-        for (int l = 0; l < w; l++)
-            a[l] += a[l + w];
-    return a[0];
+    double t[BNC_LANES / 2];
+    for (int l = 0; l < 16; l++)
+        t[l] = a[l] + a[l + 16];
+    for (int l = 0; l < 8; l++)
+        t[l] += t[l + 8];
+    for (int l = 0; l < 4; l++)
+        t[l] += t[l + 4];
+    t[0] += t[2];
+    t[1] += t[3];
+    return t[0] + t[1];
 }
 
 /* ---- float16 <-> float32, round to nearest even ----
