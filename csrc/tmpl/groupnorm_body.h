@@ -14,12 +14,14 @@
  * NCHW: each (n, g) is one contiguous run of Cg * HW elements, summed with the
  * layer norm lane reductions (rowsums.h), then read again for the squared
  * deviations and the output while in cache. Work items are the N * G runs.
+ * Both layouts write y = (x - mean) * (weight * invstd) + bias, the scale
+ * rounded once per channel and the mean's low part folded into the bias.
  * NHWC: work items are the N images; each is HW rows of C contiguous channels,
  * reduced per channel block by block of rows in one pass (sums of x - k and
  * (x - k)^2 in P, k tracking the channel's running mean), merged per channel
  * in double (Chan et al.), and the Cg channels of a group merged in channel
- * order; the output is (x - mean) * (weight * invstd) + bias. The backward
- * sums per channel in P for at most BNC_SUB rows, then in double.
+ * order. The backward sums per channel in P for at most BNC_SUB rows, then in
+ * double.
  * Items are split statically over threads and nothing is shared between
  * items, so results do not depend on n_threads. Backward: the per-(n, c) sums
  * of dy and dy * xhat go to an N x C x 2 array of doubles, and dweight/dbias
@@ -110,15 +112,19 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
     double mu = bnc_lanes_sum(a1) / (double)L;
     GN_CHUNKS(L) F(sqdev_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, (P)mu, a2);
     F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &var, &invstd);
-    const P cm = (P)mean, cl = (P)(mean - (double)cm), a = (P)invstd;
-    F(gn_save)(k, j, cm, var, a);
+    const P cm = (P)mean;
+    F(gn_save)(k, j, cm, var, (P)invstd);
     for (int64_t c = 0; c < k->Cg; c++) {
-        const P w = k->weight ? k->weight[c0 + c] : (P)1, b = k->bias ? k->bias[c0 + c] : (P)0;
+        /* y = (x - cm) * a + b: a = weight * invstd rounded once, and the
+         * mean's low part in b, as in the NHWC pass */
+        const P a = (P)((k->weight ? (double)k->weight[c0 + c] : 1.0) * invstd);
+        const P b = (P)((k->bias ? (double)k->bias[c0 + c] : 0.0) -
+                        (mean - (double)cm) * (double)a);
         GN_CHUNKS(HW) {
             const P *xc = GN_IN(bx, x + c * HW + o, c_);
             P *yc = GN_OUT(by, y + c * HW + o);
             for (int64_t i = 0; i < c_; i++)
-                yc[i] = (((xc[i] - cm) - cl) * a) * w + b;
+                yc[i] = (xc[i] - cm) * a + b;
             GN_PUT(y + c * HW + o, by, c_);
         }
     }
