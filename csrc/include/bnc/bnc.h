@@ -103,8 +103,10 @@ bnc_f16_t bnc_f32_to_f16(float f);
  *
  * bnc_batchnorm_stats_SFX(d, x, xs, mean, var, n_threads)
  *     Per-channel mean and biased variance (double[C] each) of x, one pass
- *     over memory: blocks of a few thousand elements are reduced two-pass in
- *     cache and merged with Chan's formula in double. Count is outer * inner.
+ *     over memory: blocks of a few thousand elements are reduced in cache
+ *     (contiguous runs two-pass; rows of interleaved channels in one pass
+ *     about the running mean) and merged with Chan's formula in double.
+ *     Count is outer * inner.
  *
  * bnc_batchnorm_fwd_train_SFX(d, x, xs, weight, bias, eps, y, ys,
  *                             save_mean, save_invstd, save_var, n_threads)
