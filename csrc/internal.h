@@ -73,6 +73,15 @@ static inline int bnc_team(int n_threads, int64_t items, int64_t elements)
 #define BNC_WIDE_BYTES 64      /* the column sums' vectors (lanes.h) */
 #define BNC_COLSUB 16          /* rows a column sum adds in working precision */
 
+/* bias - lo * a: the low part lo of a mean split as head + lo, folded into
+ * the bias of y = (x - head) * a + bias. Left out when lo is 0 or a is not
+ * finite, so that an infinite scale gives +-inf as (x - mean) * a does, not
+ * inf - inf. */
+static inline double bnc_fold_low(double bias, double lo, double a)
+{
+    return lo != 0 && isfinite(a) ? bias - lo * a : bias;
+}
+
 /* The fold: lane l adds lane l + w for w = 16, 8, 4, 2, 1, in that order,
  * in local variables (a loop over the array itself waits on its own stores). */
 static inline double bnc_lanes_sum(const double *a)

@@ -743,3 +743,32 @@ def test_property_gradient_sums_vanish(case):
     scale = np.abs(gi).sum(axis=red) + np.abs(g).sum(axis=red) * np.abs(w) * saved.invstd
     assert np.all(np.abs(gi.sum(axis=red)) <= 1e-12 * scale + 1e-300)
     assert_close(gb, g.sum(axis=red), 1e-12, "grad_bias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis", [((3, 4, 7), 1), ((6, 7, 4), -1)],
+                         ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_infinite_weight_gives_signed_infinities(dtype, shape, channel_axis, training):
+    """The mean's low part is folded into the bias of the normalizing pass:
+    an infinite weight must still give +-inf with the sign of x - mean."""
+    rng = rng_for("inf-weight", shape, np.dtype(dtype).name, training)
+    x = (0.3 + rng.standard_normal(shape)).astype(dtype)
+    C = shape[channel_axis]
+    sdt = stat_dtype(dtype)
+    w = np.ones(C, sdt)
+    w[1] = np.inf
+    b = np.zeros(C, sdt)
+    rm = np.full(C, 0.1, sdt)
+    rv = np.ones(C, sdt)
+    if training:
+        y = bnc.batch_norm(x, w, b, training=True, channel_axis=channel_axis)
+        yr, _ = ref.batch_norm_forward(f64(x), w, b, mean=None, var=None, eps=1e-5,
+                                       channel_axis=channel_axis)
+    else:
+        y = bnc.batch_norm(x, w, b, rm, rv, channel_axis=channel_axis)
+        yr, _ = ref.batch_norm_forward(f64(x), w, b, mean=rm, var=rv, eps=1e-5,
+                                       channel_axis=channel_axis)
+    assert np.isinf(yr).sum() > 0
+    assert np.array_equal(np.isposinf(y), np.isposinf(yr))
+    assert np.array_equal(np.isneginf(y), np.isneginf(yr))

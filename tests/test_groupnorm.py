@@ -378,3 +378,17 @@ def test_exported_from_the_package():
     import bnc.groupnorm
     for name in ("group_norm", "group_norm_forward", "group_norm_backward", "GroupNormSaved"):
         assert name in bnc.__all__ and getattr(bnc, name) is getattr(bnc.groupnorm, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES[:2], ids=DIDS[:2])
+@pytest.mark.parametrize("axis", [1, -1], ids=["nchw", "nhwc"])
+def test_infinite_weight_gives_signed_infinities(dtype, axis):
+    # the mean's low part is folded into the bias: an infinite scale must
+    # still give +-inf with the sign of x - mean (NaN only where x == mean)
+    x, w, b, _ = _data((3, 4, 7) if axis == 1 else (3, 7, 4), axis, dtype, 2, loc=0.3)
+    w[1] = np.inf
+    y = group_norm(x, 2, w, b, channel_axis=axis)
+    yr = R.group_norm(x, 2, w, b, channel_axis=axis)
+    assert np.array_equal(np.isposinf(y), np.isposinf(yr))
+    assert np.array_equal(np.isneginf(y), np.isneginf(yr))
+    assert np.isinf(yr).sum() > 0

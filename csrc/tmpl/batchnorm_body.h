@@ -317,7 +317,7 @@ static void F(set_norm_coef)(F(ctx_t) *k, int64_t c, double mean, double invstd,
     const double b = k->bias ? (double)k->bias[c] : 0.0;
     k->cm[c] = (P)mean;
     k->ca[c] = (P)(w * r * invstd);
-    k->cb[c] = (P)((d != 0 ? w * d + b : b) - (mean - (double)k->cm[c]) * (double)k->ca[c]);
+    k->cb[c] = (P)bnc_fold_low(d != 0 ? w * d + b : b, mean - (double)k->cm[c], (double)k->ca[c]);
 }
 
 /* Batch renorm's corrections from the batch statistics (mean, biased var)

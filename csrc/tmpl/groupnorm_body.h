@@ -118,8 +118,8 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
         /* y = (x - cm) * a + b: a = weight * invstd rounded once, and the
          * mean's low part in b, as in the NHWC pass */
         const P a = (P)((k->weight ? (double)k->weight[c0 + c] : 1.0) * invstd);
-        const P b = (P)((k->bias ? (double)k->bias[c0 + c] : 0.0) -
-                        (mean - (double)cm) * (double)a);
+        const P b = (P)bnc_fold_low(k->bias ? (double)k->bias[c0 + c] : 0.0,
+                                    mean - (double)cm, (double)a);
         GN_CHUNKS(HW) {
             const P *xc = GN_IN(bx, x + c * HW + o, c_);
             P *yc = GN_OUT(by, y + c * HW + o);
@@ -282,7 +282,7 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
             const P a = (P)((k->weight ? (double)k->weight[c] : 1.0) * invstd);
             r.m[c] = cm;
             r.a[c] = a;
-            r.p1[c] = (P)((k->bias ? (double)k->bias[c] : 0.0) - cl * (double)a);
+            r.p1[c] = (P)bnc_fold_low(k->bias ? (double)k->bias[c] : 0.0, cl, (double)a);
         }
     }
     const P *restrict mc = r.m, *restrict ac = r.a, *restrict bc = r.p1;
