@@ -21,7 +21,7 @@
 
 /* Work partition. These depend on nothing but the shape, so every thread
  * count reduces the same blocks in the same order (bit-identical results). */
-#define BNC_BLOCK 4096          /* elements reduced two-pass while in L1 */
+#define BNC_BLOCK 4096          /* elements per block of a reduction, reduced while in cache */
 #define BNC_MIN_ROWS 64         /* rows per block in the interleaved layout */
 #define BNC_PIECES 64           /* aim for at least this many work items */
 #define BNC_SERIAL_BELOW 32768  /* fewer elements than this: no parallel region */

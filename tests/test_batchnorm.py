@@ -297,16 +297,20 @@ def test_eps_inside_sqrt(eps):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("kind", ["outlier_first", "ramp", "step"])
+@pytest.mark.parametrize("kind", ["outlier_first", "outliers", "ramp", "step"])
 def test_channels_last_moments_follow_the_data(dtype, kind):
     """Channels last, many channels: blocks of rows are summed in one pass
-    about the chunk's mean so far. A first row far from the rest, a mean that
-    drifts from row to row, or that jumps halfway, at |mean|/std = 1e4, must
-    keep the statistics to the dtype's precision."""
+    about the chunk's mean so far (a chunk's first block: about the mean of
+    its first rows). A first row far from the rest, far rows scattered
+    through the blocks' first rows, a mean that drifts from row to row, or
+    that jumps halfway, at |mean|/std = 1e4, must keep the statistics to the
+    dtype's precision."""
     rng = rng_for("cl-moments", kind, np.dtype(dtype).name)
     x = 1e4 + rng.standard_normal((6400, 64))
     if kind == "outlier_first":
         x[0] += 1e3
+    elif kind == "outliers":
+        x[::50] += 1e3 * rng.choice([-1.0, 1.0], (128, 64))
     elif kind == "ramp":
         x += np.arange(6400)[:, None] * 0.01
     else:

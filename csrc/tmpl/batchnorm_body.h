@@ -381,10 +381,8 @@ BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, c
 #if !STAGED
     if (!k->packed) {
         /* one pass over the block (column sums about a shift near the
-         * mean: the chunk's mean so far; for its first block, the block's
-         * own mean from a first pass while it is in cache), channels a tile
-         * at a time; sums of BNC_COLSUB rows in P, added up in double (the
-         * same shift for the whole block: the sums add) */
+         * mean: the chunk's mean so far; for its first block, see
+         * first_shift), channels a tile at a time */
         enum { TILE = 256 };
         P sh[TILE], s1[TILE], s2[TILE];
         double d1[TILE], d2[TILE];
@@ -393,21 +391,9 @@ BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, c
             const int64_t nc = C - c0 < TILE ? C - c0 : TILE;
             for (int64_t c = 0; c < nc; c++)
                 sh[c] = (P)(run ? kd[c0 + c] + run[c0 + c] : kd[c0 + c]);
-            for (int pass = run ? 1 : 0; pass < 2; pass++) {
-                for (int64_t c = 0; c < nc; c++)
-                    d1[c] = d2[c] = 0;
-                for (r = r0; r < r1; r += BNC_COLSUB) {
-                    const int64_t n = r1 - r < BNC_COLSUB ? r1 - r : BNC_COLSUB;
-                    F(col_moments)(xb + (r - r0) * so + c0, n, so, nc, sh, s1, s2);
-                    for (int64_t c = 0; c < nc; c++) {
-                        d1[c] += (double)s1[c];
-                        d2[c] += (double)s2[c];
-                    }
-                }
-                if (pass == 0) /* the first block's shift: its mean */
-                    for (int64_t c = 0; c < nc; c++)
-                        sh[c] = (P)((double)sh[c] + d1[c] / rows);
-            }
+            if (!run)
+                F(first_shift)(xb + c0, r1 - r0, so, nc, sh, s1, s2);
+            F(col_moments_d)(xb + c0, r1 - r0, so, nc, sh, s1, s2, d1, d2);
             for (int64_t c = 0; c < nc; c++) {
                 const double m = d1[c] / rows, m2 = d2[c] - d1[c] * m;
                 bmean[c0 + c] = ((double)sh[c] - kd[c0 + c]) + m;

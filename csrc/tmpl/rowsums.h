@@ -176,3 +176,41 @@ F(col_moments)(const P *restrict x, int64_t rows, int64_t stride, int64_t n, con
         }
     }
 }
+
+/* Column moments of a block as col_moments, for any number of rows: d1[c]
+ * = the sum of x - k[c], d2[c] = the sum of (x - k[c])^2, BNC_COLSUB rows at
+ * a time in P (s1, s2: n values of scratch), added up in double. */
+__attribute__((unused)) static void F(col_moments_d)(const P *x, int64_t rows, int64_t stride,
+                                                     int64_t n, const P *k, P *restrict s1,
+                                                     P *restrict s2, double *restrict d1,
+                                                     double *restrict d2)
+{
+    for (int64_t r = 0; r < rows; r += BNC_COLSUB) {
+        const int64_t m = rows - r < BNC_COLSUB ? rows - r : BNC_COLSUB;
+        F(col_moments)(x + r * stride, m, stride, n, k, s1, s2);
+        for (int64_t c = 0; c < n; c++) {
+            d1[c] = r ? d1[c] + (double)s1[c] : (double)s1[c];
+            d2[c] = r ? d2[c] + (double)s2[c] : (double)s2[c];
+        }
+    }
+}
+
+/* The shift k for the one-pass sums of a first block of `rows` rows (the
+ * later blocks take the running mean): k[c] += the mean of x - k[c] over
+ * the block's first quarter of rows (at least min(rows, BNC_COLSUB)), a
+ * short pass while the block is read from memory. By Cauchy-Schwarz, the
+ * mean of a quarter of a block lies within 2 standard deviations of the
+ * block's mean, so the sums about it lose at most a factor 5 to
+ * cancellation over sums about the block's own mean, whatever the data (an
+ * outlying first row included); that the quarter's mean is summed in P
+ * only moves k a little further. s1, s2: n values of scratch. */
+__attribute__((unused)) static void F(first_shift)(const P *x, int64_t rows, int64_t stride,
+                                                   int64_t n, P *k, P *s1, P *s2)
+{
+    int64_t q = (rows + 3) / 4;
+    q = q < BNC_COLSUB ? (rows < BNC_COLSUB ? rows : BNC_COLSUB) : q;
+    F(col_moments)(x, q, stride, n, k, s1, s2);
+    for (int64_t c = 0; c < n; c++)
+        k[c] = (P)((double)k[c] + (double)s1[c] / (double)q);
+}
+
