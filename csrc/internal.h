@@ -146,9 +146,20 @@ static inline bnc_f16_t bnc_float_to_half(float f)
 }
 
 /* Converts n float16 values to float32 and back (round to nearest even),
- * with F16C's vector instructions where the CPU has them; exact either way. */
+ * with the CPU's vector conversions (AVX-512, F16C) where it has them; exact
+ * either way. */
 void bnc_f16_load(float *dst, const bnc_f16_t *src, int64_t n);
 void bnc_f16_store(bnc_f16_t *dst, const float *src, int64_t n);
+/* Batch norm's float16 elementwise passes in one loop, converting in
+ * registers: y = (x - m) * a + s, dx = ((dy - a) - (x - m) * g) * s, in
+ * float, the same bits as converting to float, computing and converting
+ * back (x and y, dx and dy or x may be the same array). */
+void bnc_f16_norm(bnc_f16_t *y, const bnc_f16_t *x, int64_t n, float m, float a, float s);
+void bnc_f16_grad(bnc_f16_t *dx, const bnc_f16_t *dy, const bnc_f16_t *x, int64_t n, float m,
+                  float a, float g, float s);
+/* For tests: the float16 loops use at most variant isa (2 AVX-512, 1 AVX +
+ * F16C, 0 portable; < 0: the widest the CPU has); returns the previous cap. */
+int bnc_f16_limit_isa(int isa);
 
 /* ---- per-channel moments, merged with Chan et al.'s formula ---- */
 

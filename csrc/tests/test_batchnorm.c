@@ -784,6 +784,7 @@ static void test_f16_conversion(void)
 /* The bulk conversions (F16C where the CPU has it) equal the scalar ones. */
 void bnc_f16_load(float *dst, const bnc_f16_t *src, int64_t n);
 void bnc_f16_store(bnc_f16_t *dst, const float *src, int64_t n);
+int bnc_f16_limit_isa(int isa);
 
 static void test_f16_bulk_conversion(void)
 {
@@ -814,6 +815,53 @@ static void test_f16_bulk_conversion(void)
             bad += back[k] != want;
     }
     CHECK(bad == 0, "bulk float16 store differs from the scalar one for %d values", bad);
+}
+
+/* The float16 passes that convert in registers (bnc_f16_norm, bnc_f16_grad)
+ * give the bits of converting, computing in float and converting back, over
+ * finite random values (the vector body and an odd tail), in place too. */
+void bnc_f16_norm(bnc_f16_t *y, const bnc_f16_t *x, int64_t n, float m, float a, float s);
+void bnc_f16_grad(bnc_f16_t *dx, const bnc_f16_t *dy, const bnc_f16_t *x, int64_t n, float m,
+                  float a, float g, float s);
+
+static bnc_f16_t random_finite_half(void)
+{
+    bnc_f16_t h;
+    do {
+        rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+        h = (bnc_f16_t)(rng_state >> 48);
+    } while ((h & 0x7c00) == 0x7c00);
+    return h;
+}
+
+static void test_f16_fused_passes(void)
+{
+    enum { N = 4099 };
+    static bnc_f16_t x[N], dy[N], y[N], dx[N];
+    const float m = 0.3125f, a = -1.75f, s = 0.0625f, g = 0.4375f, c = -0.125f;
+    int bad = 0;
+    for (int i = 0; i < N; i++) {
+        x[i] = random_finite_half();
+        dy[i] = random_finite_half();
+    }
+    bnc_f16_norm(y, x, N, m, a, s);
+    bnc_f16_grad(dx, dy, x, N, m, c, g, s);
+    for (int i = 0; i < N; i++) {
+        float xf = bnc_f16_to_f32(x[i]), gf = bnc_f16_to_f32(dy[i]);
+        float yn = (xf - m) * a + s, dn = ((gf - c) - (xf - m) * g) * s;
+        bnc_f16_t wy = bnc_f32_to_f16(yn), wd = bnc_f32_to_f16(dn);
+        bad += isnan(yn) ? !isnan(bnc_f16_to_f32(y[i])) : y[i] != wy;
+        bad += isnan(dn) ? !isnan(bnc_f16_to_f32(dx[i])) : dx[i] != wd;
+    }
+    CHECK(bad == 0, "float16 passes in registers differ from the staged ones for %d values", bad);
+    memcpy(dx, dy, sizeof dx);
+    bnc_f16_grad(dx, dx, x, N, m, c, g, s); /* dx = dy in place */
+    bnc_f16_grad(y, dy, x, N, m, c, g, s);
+    CHECK(memcmp(dx, y, sizeof dx) == 0, "float16 grad in place differs");
+    memcpy(y, x, sizeof y);
+    bnc_f16_norm(y, y, N, m, a, s);
+    bnc_f16_norm(dx, x, N, m, a, s);
+    CHECK(memcmp(dx, y, sizeof y) == 0, "float16 norm in place differs");
 }
 
 static void test_errors(void)
@@ -1022,7 +1070,12 @@ int main(void)
     };
     const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
     test_f16_conversion();
-    test_f16_bulk_conversion();
+    for (int isa = 2; isa >= 0; isa--) { /* every float16 variant the CPU runs */
+        bnc_f16_limit_isa(isa);
+        test_f16_bulk_conversion();
+        test_f16_fused_passes();
+    }
+    bnc_f16_limit_isa(-1);
     test_errors();
     test_numerics();
     for (int si = 0; si < nshapes; si++)

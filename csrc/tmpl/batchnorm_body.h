@@ -183,13 +183,7 @@ static inline void F(run_dot)(const T *dy, int64_t gs, const T *x, int64_t xs, i
 
 static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P a, P s)
 {
-    P b[BNC_STAGE];
-    for (int64_t o = 0; o < n; o += BNC_STAGE) {
-        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-        bnc_f16_load(b, x + o, m);
-        F(norm_p)(b, b, m, mu, a, s);
-        bnc_f16_store(y + o, b, m);
-    }
+    bnc_f16_norm(y, x, n, mu, a, s); /* as norm_p, converting in registers */
 }
 
 static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P a, P s,
@@ -209,14 +203,7 @@ static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P 
 static inline void F(run_grad)(const T *dy, const T *x, T *dx, int64_t n, P mu, P a, P g,
                                P s)
 {
-    P b[BNC_STAGE], c[BNC_STAGE], e[BNC_STAGE];
-    for (int64_t o = 0; o < n; o += BNC_STAGE) {
-        int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-        bnc_f16_load(b, dy + o, m);
-        bnc_f16_load(c, x + o, m);
-        F(grad_p)(b, c, e, m, mu, a, g, s);
-        bnc_f16_store(dx + o, e, m);
-    }
+    bnc_f16_grad(dx, dy, x, n, mu, a, g, s); /* as grad_p, converting in registers */
 }
 
 static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
