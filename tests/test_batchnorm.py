@@ -409,6 +409,30 @@ def test_tiny_and_huge_magnitudes(dtype, scale):
     assert_close(var, vref, stat_tol(dtype))
 
 
+@pytest.mark.parametrize("shape", [(8, 3, 40, 40), (2, 3, 70, 70), (64, 5, 9, 9)],
+                         ids=["blocks-of-rows", "long-rows", "short-rows"])
+def test_float16_computes_as_float32_copy(shape):
+    """float16 is computed in float32: statistics, the backward's sums, and
+    the outputs (rounded to float16) are the bits of the same call on a
+    float32 copy, whichever way the kernels convert (whole blocks for the
+    reductions, in registers for the elementwise passes)."""
+    rng = rng_for("f16-as-f32", shape)
+    x = rng.standard_normal(shape).astype(np.float16)
+    dy = rng.standard_normal(shape).astype(np.float16)
+    C = shape[1]
+    w = rng.uniform(0.5, 1.5, C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    y16, s16 = bnc.batch_norm_forward(x, w, b)
+    y32, s32 = bnc.batch_norm_forward(x.astype(np.float32), w, b)
+    assert np.array_equal(y16, y32.astype(np.float16))
+    for a, e in zip(s16, s32):
+        assert np.array_equal(a, e)
+    g16 = bnc.batch_norm_backward(dy, x, w, s16)
+    g32 = bnc.batch_norm_backward(dy.astype(np.float32), x.astype(np.float32), w, s32)
+    assert np.array_equal(g16[0], g32[0].astype(np.float16))
+    assert np.array_equal(g16[1], g32[1]) and np.array_equal(g16[2], g32[2])
+
+
 # ---------------------------------------------------------------------------
 # forward / backward pair
 

@@ -134,53 +134,16 @@ static inline void F(scale_p)(const P *restrict dy, P *restrict dx, int64_t n, P
         dx[i] = dy[i] * a;
 }
 
-/* The run_* functions apply the kernels above to runs of T. For float16
- * (STAGED), runs are converted to float in chunks of BNC_STAGE elements (a
- * multiple of BNC_SUB, so every element keeps its lane and its partial)
- * with the hardware's conversion where it has one; for float32/float64, T
- * is P and runs are read in place. */
+/* The run_* functions apply the elementwise kernels above to runs of T.
+ * For float16 (STAGED), the normalizing and backward passes convert in
+ * registers (bnc_f16_norm, bnc_f16_grad), the others convert runs to float
+ * in chunks of BNC_STAGE elements, with the hardware's conversion where it
+ * has one; for float32/float64, T is P and runs are read in place. (The
+ * reductions take whole blocks: block_p.) */
 #ifndef BNC_STAGE
 #define BNC_STAGE 512
 #endif
 #if STAGED
-
-static inline void F(run_sum)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
-                             double *a)
-{
-    P b[BNC_STAGE];
-    for (int64_t r = 0; r < rows; r++, x += xs)
-        for (int64_t o = 0; o < n; o += BNC_STAGE) {
-            int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-            bnc_f16_load(b, x + o, m);
-            F(sum_p)(b, 1, 0, m, K, a);
-        }
-}
-
-static inline void F(run_sqdev)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
-                               double mu, double *a)
-{
-    P b[BNC_STAGE];
-    for (int64_t r = 0; r < rows; r++, x += xs)
-        for (int64_t o = 0; o < n; o += BNC_STAGE) {
-            int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-            bnc_f16_load(b, x + o, m);
-            F(sqdev_p)(b, 1, 0, m, K, mu, a);
-        }
-}
-
-static inline void F(run_dot)(const T *dy, int64_t gs, const T *x, int64_t xs, int64_t rows,
-                             int64_t n, double mu, double *a)
-{
-    P b[BNC_STAGE], c[BNC_STAGE];
-    for (int64_t r = 0; r < rows; r++, dy += gs, x += xs)
-        for (int64_t o = 0; o < n; o += BNC_STAGE) {
-            int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
-            bnc_f16_load(b, dy + o, m);
-            bnc_f16_load(c, x + o, m);
-            F(dot_p)(b, 0, c, 0, 1, m, mu, a);
-        }
-}
-
 static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P a, P s)
 {
     bnc_f16_norm(y, x, n, mu, a, s); /* as norm_p, converting in registers */
@@ -217,21 +180,6 @@ static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
     }
 }
 #else
-static inline void F(run_sum)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
-                             double *a)
-{
-    F(sum_p)(x, rows, xs, n, K, a);
-}
-static inline void F(run_sqdev)(const T *x, int64_t rows, int64_t xs, int64_t n, double K,
-                               double mu, double *a)
-{
-    F(sqdev_p)(x, rows, xs, n, K, mu, a);
-}
-static inline void F(run_dot)(const T *dy, int64_t gs, const T *x, int64_t xs, int64_t rows,
-                             int64_t n, double mu, double *a)
-{
-    F(dot_p)(dy, gs, x, xs, rows, n, mu, a);
-}
 static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P a, P s)
 {
     F(norm_p)(x, y, n, mu, a, s);
@@ -251,6 +199,28 @@ static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
     F(scale_p)(dy, dx, n, a);
 }
 #endif
+
+/* A block of the slab layout (`rows` runs of n values, xs apart) as P
+ * values for the reductions: in place for float32/float64 (*ps = xs); for
+ * float16, converted once into buf (BNC_BLOCK values, runs n apart: *ps = n),
+ * so that the two reductions over a block in cache convert it once, and
+ * reduce the very values and lanes a float32 copy of the block would. */
+static inline const P *F(block_p)(P *buf, const T *x, int64_t rows, int64_t xs, int64_t n,
+                                  int64_t *ps)
+{
+#if STAGED
+    for (int64_t r = 0; r < rows; r++)
+        bnc_f16_load(buf + r * n, x + r * xs, n);
+    *ps = n;
+    return buf;
+#else
+    (void)buf;
+    (void)rows;
+    (void)n;
+    *ps = xs;
+    return x;
+#endif
+}
 
 /* The elementwise pass of the fused backward with a ReLU and no residual
  * gradient to keep dz in, over a run: dz = relu_grad(dy, y), staged in L1 in
@@ -498,16 +468,19 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
         const T *xc = k->x + c * k->xs.channel;
         const double K = F(shift_of)(k, c);
         bnc_moments_t acc = {0, 0, 0};
+        P buf[STAGED ? BNC_BLOCK : 1];
         for (int64_t b = b0; b < b1; b++) {
             double ls[BNC_LANES] = {0}, lq[BNC_LANES] = {0};
             bnc_moments_t blk;
-            const T *xb;
+            const P *xb;
+            int64_t xs;
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
-            xb = xc + r0 * k->xs.outer + i0;
-            F(run_sum)(xb, r1 - r0, k->xs.outer, i1 - i0, K, ls);
+            xb = F(block_p)(buf, xc + r0 * k->xs.outer + i0, r1 - r0, k->xs.outer, i1 - i0,
+                            &xs);
+            F(sum_p)(xb, r1 - r0, xs, i1 - i0, (P)K, ls);
             blk.n = (double)((r1 - r0) * (i1 - i0));
             blk.mean = bnc_lanes_sum(ls) / blk.n;
-            F(run_sqdev)(xb, r1 - r0, k->xs.outer, i1 - i0, K, blk.mean, lq);
+            F(sqdev_p)(xb, r1 - r0, xs, i1 - i0, (P)K, (P)blk.mean, lq);
             blk.m2 = bnc_lanes_sum(lq);
             acc = bnc_moments_merge(acc, blk);
         }
@@ -696,6 +669,7 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
         double ldy[BNC_LANES] = {0}, ldyx[BNC_LANES] = {0}, m = (double)k->mean_in[c];
         P scale = k->write_in_reduce ? k->ca[c] : (P)0;
         T zb[BNC_BLOCK]; /* dz of a block (mode 2; optimized away otherwise) */
+        P gbuf[STAGED ? BNC_BLOCK : 1], xbuf[STAGED ? BNC_BLOCK : 1];
         for (int64_t b = b0; b < b1; b++) {
             const T *g;
             int64_t gs = k->dys.outer;
@@ -713,9 +687,14 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
                     memcpy(drc + r * k->drs.outer + i0, g + (r - r0) * gs,
                            sizeof(T) * (size_t)(i1 - i0));
             }
-            F(run_sum)(g, r1 - r0, gs, i1 - i0, 0.0, ldy);
-            F(run_dot)(g, gs, xc + r0 * k->xs.outer + i0, k->xs.outer, r1 - r0, i1 - i0, m,
-                       ldyx);
+            {
+                int64_t ps, qs;
+                const P *pg = F(block_p)(gbuf, g, r1 - r0, gs, i1 - i0, &ps);
+                const P *px = F(block_p)(xbuf, xc + r0 * k->xs.outer + i0, r1 - r0,
+                                         k->xs.outer, i1 - i0, &qs);
+                F(sum_p)(pg, r1 - r0, ps, i1 - i0, (P)0, ldy);
+                F(dot_p)(pg, ps, px, qs, r1 - r0, i1 - i0, m, ldyx);
+            }
             if (dxc)
                 for (int64_t r = r0; r < r1; r++)
                     F(run_scale)(g + (r - r0) * gs, dxc + r * k->os.outer + i0, i1 - i0,
