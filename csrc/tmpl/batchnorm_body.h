@@ -82,13 +82,6 @@ BNC_HOT BNC_NOINLINE static void F(dot_p)(const P *restrict dy, int64_t gs,
     BNC_FLUSH4(a, f0, f1, f2, f3);
 }
 
-/* y = (x - m) * a + s; x and y may be the same array. */
-static inline void F(norm_p)(const P *x, P *y, int64_t n, P m, P a, P s)
-{
-    for (int64_t i = 0; i < n; i++)
-        y[i] = (x[i] - m) * a + s;
-}
-
 /* ReLU as torch.relu: negatives to 0, NaN propagates, -0.0 stays. */
 static inline P F(relu)(P v)
 {
@@ -134,9 +127,10 @@ static inline void F(scale_p)(const P *restrict dy, P *restrict dx, int64_t n, P
         dx[i] = dy[i] * a;
 }
 
-/* The run_* functions apply the elementwise kernels above to runs of T.
- * For float16 (STAGED), the normalizing and backward passes convert in
- * registers (bnc_f16_norm, bnc_f16_grad), the others convert runs to float
+/* The run_* functions apply the elementwise kernels above to runs of T
+ * (run_norm, shared with group norm, is in rowsums.h). For float16
+ * (STAGED), the normalizing and backward passes convert in registers
+ * (bnc_f16_norm, bnc_f16_grad), the others convert runs to float
  * in chunks of BNC_STAGE elements, with the hardware's conversion where it
  * has one; for float32/float64, T is P and runs are read in place. (The
  * reductions take whole blocks: block_p.) */
@@ -144,11 +138,6 @@ static inline void F(scale_p)(const P *restrict dy, P *restrict dx, int64_t n, P
 #define BNC_STAGE 512
 #endif
 #if STAGED
-static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P a, P s)
-{
-    bnc_f16_norm(y, x, n, mu, a, s); /* as norm_p, converting in registers */
-}
-
 static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P a, P s,
                                int relu)
 {
@@ -180,10 +169,6 @@ static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
     }
 }
 #else
-static inline void F(run_norm)(const T *x, T *y, int64_t n, P mu, P a, P s)
-{
-    F(norm_p)(x, y, n, mu, a, s);
-}
 static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P a, P s,
                                int relu)
 {

@@ -104,7 +104,7 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
     const int64_t HW = k->HW, L = k->Cg * HW, c0 = (j % k->G) * k->Cg;
     const T *x = k->x + j * L;
     T *y = k->y + j * L;
-    P bx[GN_STAGE], by[GN_STAGE];
+    P bx[GN_STAGE];
     double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
     double mean, var, invstd;
     const P kx = LOAD(x[0]);
@@ -120,13 +120,7 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
         const P a = (P)((k->weight ? (double)k->weight[c0 + c] : 1.0) * invstd);
         const P b = (P)bnc_fold_low(k->bias ? (double)k->bias[c0 + c] : 0.0,
                                     mean - (double)cm, (double)a);
-        GN_CHUNKS(HW) {
-            const P *xc = GN_IN(bx, x + c * HW + o, c_);
-            P *yc = GN_OUT(by, y + c * HW + o);
-            for (int64_t i = 0; i < c_; i++)
-                yc[i] = (xc[i] - cm) * a + b;
-            GN_PUT(y + c * HW + o, by, c_);
-        }
+        F(run_norm)(x + c * HW, y + c * HW, HW, cm, a, b);
     }
 }
 

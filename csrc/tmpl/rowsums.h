@@ -1,10 +1,10 @@
 /*
- * rowsums.h - lane reductions over a contiguous run of P values, for one dtype.
+ * rowsums.h - lane reductions over a contiguous run of P values, column
+ * moments of interleaved blocks, and the normalizing run, for one dtype.
  *
  * Included by the kernel bodies (batchnorm_body.h, layernorm_body.h,
- * groupnorm_body.h)
- * after they define F() and P (it includes lanes.h, whose macros the body
- * undefines at its end).
+ * groupnorm_body.h) after they define F(), T, P and STAGED (it includes
+ * lanes.h, whose macros the body undefines at its end).
  */
 #include "lanes.h"
 
@@ -212,5 +212,19 @@ __attribute__((unused)) static void F(first_shift)(const P *x, int64_t rows, int
     F(col_moments)(x, q, stride, n, k, s1, s2);
     for (int64_t c = 0; c < n; c++)
         k[c] = (P)((double)k[c] + (double)s1[c] / (double)q);
+}
+
+/* y = (x - m) * a + s over a run of n values of T, in P (x and y may be the
+ * same array): the normalizing pass of batch norm (slab layout) and group
+ * norm (NCHW). float16 converts in registers (bnc_f16_norm: the bits of
+ * converting, computing in float and converting back). */
+static inline void F(run_norm)(const T *x, T *y, int64_t n, P m, P a, P s)
+{
+#if STAGED
+    bnc_f16_norm(y, x, n, m, a, s);
+#else
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (x[i] - m) * a + s;
+#endif
 }
 
