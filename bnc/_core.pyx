@@ -86,6 +86,20 @@ cdef inline int _default_threads() noexcept:
     return bnc_default_threads()  # omp_get_max_threads(): follows OMP/threadpoolctl
 
 
+cdef extern from *:
+    """
+    int64_t bnc_set_stream_min_bytes(int64_t bytes); /* csrc/internal.h */
+    """
+    int64_t bnc_set_stream_min_bytes(int64_t nbytes) nogil
+
+
+def _set_stream_min_bytes(nbytes):
+    """For tests: calls that read and write at least nbytes in all stream
+    their output past the caches (nbytes < 0: the default, the last-level
+    cache's size). Returns the previous threshold."""
+    return bnc_set_stream_min_bytes(nbytes)
+
+
 def get_num_threads():
     """Number of threads a kernel call uses when n_threads is None.
 

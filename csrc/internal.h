@@ -157,9 +157,39 @@ void bnc_f16_store(bnc_f16_t *dst, const float *src, int64_t n);
 void bnc_f16_norm(bnc_f16_t *y, const bnc_f16_t *x, int64_t n, float m, float a, float s);
 void bnc_f16_grad(bnc_f16_t *dx, const bnc_f16_t *dy, const bnc_f16_t *x, int64_t n, float m,
                   float a, float g, float s);
-/* For tests: the float16 loops use at most variant isa (2 AVX-512, 1 AVX +
- * F16C, 0 portable; < 0: the widest the CPU has); returns the previous cap. */
-int bnc_f16_limit_isa(int isa);
+/* For tests: the run-time dispatched loops of util.c use at most variant isa
+ * (float16: 2 AVX-512, 1 AVX + F16C, 0 portable; streaming stores: >= 1 AVX,
+ * 0 SSE2; < 0: the widest the CPU has); returns the previous cap. */
+int bnc_limit_isa(int isa);
+
+/* ---- streaming (non-temporal) stores ----
+ * A call whose input and output together exceed the last-level cache gains
+ * nothing from leaving its output in cache (its first lines are evicted
+ * before the call ends, and a consumer reads those first), and an ordinary
+ * store first reads each output line from memory. Such calls write the
+ * output of the normalizing pass (and of batch norm's backward, dx) with
+ * non-temporal stores from registers: whole
+ * 64-byte lines only, the run's partial first and last lines with ordinary
+ * stores (so no line is half streamed, and a line shared with a
+ * neighbouring run, maybe another thread's, is never streamed). The values
+ * are the same bits either way: one rounding per operation, in the order of
+ * run_norm's loop. Runs shorter than BNC_STREAM_MIN_RUN bytes, float16 and
+ * non-x86 builds store normally. */
+#define BNC_STREAM_MIN_RUN 4096
+/* 1 if a call that reads and writes `bytes` in all should stream. */
+int bnc_stream_wanted(int64_t bytes);
+/* For tests: calls of at least `bytes` stream (< 0: back to the default,
+ * the last-level cache's size); returns the previous setting. */
+int64_t bnc_set_stream_min_bytes(int64_t bytes);
+/* Batch norm's normalizing and backward passes (run_norm, grad_p),
+ * streaming: y = (x - m) * a + s, dx = ((dy - a) - (x - m) * g) * s over n
+ * values (the output may be an input array). */
+void bnc_stream_norm_f32(float *y, const float *x, int64_t n, float m, float a, float s);
+void bnc_stream_norm_f64(double *y, const double *x, int64_t n, double m, double a, double s);
+void bnc_stream_grad_f32(float *dx, const float *dy, const float *x, int64_t n, float m,
+                         float a, float g, float s);
+void bnc_stream_grad_f64(double *dx, const double *dy, const double *x, int64_t n, double m,
+                         double a, double g, double s);
 
 /* ---- per-channel moments, merged with Chan et al.'s formula ---- */
 

@@ -287,3 +287,20 @@ def restore_threads():
     before = bnc.get_num_threads()
     yield before
     bnc.set_num_threads(before)
+
+
+@pytest.fixture
+def streamed():
+    """A function calling f() with every call streaming its output
+    (non-temporal stores, normally for calls larger than the last-level
+    cache) and returning f()'s result; the threshold is restored after."""
+    from bnc import _core
+
+    def run(f):
+        old = _core._set_stream_min_bytes(0)
+        try:
+            return f()
+        finally:
+            _core._set_stream_min_bytes(old)
+
+    return run

@@ -531,7 +531,12 @@ def test_layers(t, data, nt):
         m = f64(s_ref.mean).reshape(-1, C).mean(axis=0) if kind == "instance" else s_ref.mean
         v = (f64(s_ref.var).reshape(-1, C).mean(axis=0) if kind == "instance"
              else f64(s_ref.var))
-        assert_close(layer.running_mean, 0.9 * rm + 0.1 * m, _t(STAT_TOL, dt), "running_mean")
+        # instance norm averages per-instance means, which can cancel (means
+        # of +-1000 give a running mean near 0): the error is relative to
+        # the size of those terms, each rounded to the working precision
+        terms = 0.1 * float(np.max(np.abs(f64(s_ref.mean)), initial=0)) * np.sqrt(C)
+        assert_close(layer.running_mean, 0.9 * rm + 0.1 * m, _t(STAT_TOL, dt), "running_mean",
+                     atol=_t(STAT_TOL, dt) * terms)
         assert_close(layer.running_var, 0.9 * rv + 0.1 * v * n / (n - 1), _t(STAT_TOL, dt),
                      "running_var")
         layer.eval()

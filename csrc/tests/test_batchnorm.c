@@ -6,6 +6,7 @@
  * strided and negative-stride views), for f32, f64 and f16; results must be
  * bit-identical for 1..4 threads; bad arguments must give their status code.
  */
+#include "internal.h" /* the float16 loops, the streamed loops, bnc_limit_isa */
 #include "testutil.h"
 
 
@@ -782,9 +783,6 @@ static void test_f16_conversion(void)
 }
 
 /* The bulk conversions (F16C where the CPU has it) equal the scalar ones. */
-void bnc_f16_load(float *dst, const bnc_f16_t *src, int64_t n);
-void bnc_f16_store(bnc_f16_t *dst, const float *src, int64_t n);
-int bnc_f16_limit_isa(int isa);
 
 static void test_f16_bulk_conversion(void)
 {
@@ -820,9 +818,6 @@ static void test_f16_bulk_conversion(void)
 /* The float16 passes that convert in registers (bnc_f16_norm, bnc_f16_grad)
  * give the bits of converting, computing in float and converting back, over
  * finite random values (the vector body and an odd tail), in place too. */
-void bnc_f16_norm(bnc_f16_t *y, const bnc_f16_t *x, int64_t n, float m, float a, float s);
-void bnc_f16_grad(bnc_f16_t *dx, const bnc_f16_t *dy, const bnc_f16_t *x, int64_t n, float m,
-                  float a, float g, float s);
 
 static bnc_f16_t random_finite_half(void)
 {
@@ -1061,6 +1056,45 @@ static void test_renorm_errors(void)
           "rmax and dmax errors have their own messages");
 }
 
+/* The streamed loops (util.c) give the bits of the plain loops, for outputs
+ * starting anywhere in a line, short and long runs, and in place. */
+
+#define STREAM_CHECK(T, SFX)                                                  \
+    do {                                                                      \
+        static _Alignas(64) T x[4200], dy[4200], y[4200], e[4200];            \
+        for (int i = 0; i < 4200; i++) {                                      \
+            x[i] = (T)(1.0 + 0.37 * (i % 101) - 0.001 * i);                   \
+            dy[i] = (T)(0.5 - 0.013 * (i % 57));                              \
+        }                                                                     \
+        const T m = (T)1.3, a = (T)0.77, g = (T)0.041, s = (T)2.1;            \
+        for (int ni = 0; ni < (int)(sizeof ns / sizeof ns[0]); ni++)          \
+            for (int off = 0; off < 17; off++) {                              \
+                const int64_t n = ns[ni];                                     \
+                T *yo = y + off;                                              \
+                for (int64_t i = 0; i < n; i++)                               \
+                    e[i] = (x[off + i] - m) * a + s;                          \
+                bnc_stream_norm_##SFX(yo, x + off, n, m, a, s);               \
+                CHECK(memcmp(yo, e, (size_t)n * sizeof(T)) == 0, "stream_norm " #SFX); \
+                memcpy(yo, x + off, (size_t)n * sizeof(T));                   \
+                bnc_stream_norm_##SFX(yo, yo, n, m, a, s);                    \
+                CHECK(memcmp(yo, e, (size_t)n * sizeof(T)) == 0, "stream_norm in place " #SFX); \
+                for (int64_t i = 0; i < n; i++)                               \
+                    e[i] = ((dy[off + i] - a) - (x[off + i] - m) * g) * s;    \
+                bnc_stream_grad_##SFX(yo, dy + off, x + off, n, m, a, g, s);  \
+                CHECK(memcmp(yo, e, (size_t)n * sizeof(T)) == 0, "stream_grad " #SFX); \
+                memcpy(yo, dy + off, (size_t)n * sizeof(T));                  \
+                bnc_stream_grad_##SFX(yo, yo, x + off, n, m, a, g, s);        \
+                CHECK(memcmp(yo, e, (size_t)n * sizeof(T)) == 0, "stream_grad in place " #SFX); \
+            }                                                                 \
+    } while (0)
+
+static void test_stream_loops(void)
+{
+    static const int64_t ns[] = {0, 1, 15, 17, 500, 1023, 1024, 1025, 1039, 2048, 4100};
+    STREAM_CHECK(float, f32);
+    STREAM_CHECK(double, f64);
+}
+
 int main(void)
 {
     static const bnc_dims_t shapes[] = {
@@ -1070,12 +1104,13 @@ int main(void)
     };
     const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
     test_f16_conversion();
-    for (int isa = 2; isa >= 0; isa--) { /* every float16 variant the CPU runs */
-        bnc_f16_limit_isa(isa);
+    for (int isa = 2; isa >= 0; isa--) { /* every variant the CPU runs */
+        bnc_limit_isa(isa);
         test_f16_bulk_conversion();
         test_f16_fused_passes();
+        test_stream_loops();
     }
-    bnc_f16_limit_isa(-1);
+    bnc_limit_isa(-1);
     test_errors();
     test_numerics();
     for (int si = 0; si < nshapes; si++)

@@ -21,6 +21,7 @@ typedef struct {
     bnc_strides_t os;
     int write_in_reduce;   /* backward with constant statistics: dx in the reduce pass */
     int packed;            /* few interleaved channels, dense rows: see BNC_PACK */
+    int stream;            /* the normalizing pass streams y, the backward's dx (run_norm) */
     const P *weight, *bias, *mean_in, *invstd_in;
     double eps;
     double *mean, *var;            /* statistics (stats kernel) */
@@ -153,8 +154,9 @@ static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P 
 }
 
 static inline void F(run_grad)(const T *dy, const T *x, T *dx, int64_t n, P mu, P a, P g,
-                               P s)
+                               P s, int stream)
 {
+    (void)stream;
     bnc_f16_grad(dx, dy, x, n, mu, a, g, s); /* as grad_p, converting in registers */
 }
 
@@ -175,9 +177,12 @@ static inline void F(run_fuse)(const T *x, const T *r, T *y, int64_t n, P mu, P 
     F(fuse_p)(x, r, y, n, mu, a, s, relu);
 }
 static inline void F(run_grad)(const T *dy, const T *x, T *dx, int64_t n, P mu, P a, P g,
-                               P s)
+                               P s, int stream)
 {
-    F(grad_p)(dy, x, dx, n, mu, a, g, s);
+    if (stream) /* the same bits, streamed (see run_norm) */
+        BNC_CAT(bnc_stream_grad_, SFX)(dx, dy, x, n, mu, a, g, s);
+    else
+        F(grad_p)(dy, x, dx, n, mu, a, g, s);
 }
 static inline void F(run_scale)(const T *dy, T *dx, int64_t n, P a)
 {
@@ -218,7 +223,7 @@ static void F(run_grad_relu)(const T *dy, const T *y, const T *x, T *dx, int64_t
         int64_t m = n - o < BNC_STAGE ? n - o : BNC_STAGE;
         for (int64_t i = 0; i < m; i++)
             z[i] = F(relu_grad)(dy[o + i], y[o + i]);
-        F(run_grad)(z, x + o, dx + o, m, mu, a, g, s);
+        F(run_grad)(z, x + o, dx + o, m, mu, a, g, s, 0);
     }
 }
 
@@ -888,7 +893,7 @@ static BNC_ALWAYS_INLINE void F(apply_norm_t)(void *vctx, int64_t c0, int64_t c1
         else
             for (int64_t c = c0; c < c1; c++)
                 F(run_norm)(xr + c * k->xs.channel + i0, yr + c * yc + i0, i1 - i0, m[c],
-                            a[c], s[c]);
+                            a[c], s[c], k->stream);
     }
 }
 
@@ -957,7 +962,7 @@ static BNC_ALWAYS_INLINE void F(apply_grad_t)(void *vctx, int64_t c0, int64_t c1
         } else {
             for (int64_t c = c0; c < c1; c++)
                 F(run_grad)(dyr + c * gst.channel + i0, xr + c * k->xs.channel + i0,
-                            dxr + c * dc + i0, i1 - i0, m[c], a[c], g[c], s[c]);
+                            dxr + c * dc + i0, i1 - i0, m[c], a[c], g[c], s[c], k->stream);
         }
     }
 }
@@ -1053,6 +1058,7 @@ static int F(fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *wei
     k.out = y;
     k.os = ys;
     k.packed = bnc_packable(&k.plan, xs, xs, ys);
+    k.stream = bnc_stream_wanted(2 * (int64_t)sizeof(T) * d.outer * d.channels * d.inner);
     k.res = res;
     k.rs = rs;
     k.relu = relu;
@@ -1137,6 +1143,7 @@ static int F(fwd_eval)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *weig
     k.out = y;
     k.os = ys;
     k.packed = bnc_packable(&k.plan, xs, xs, ys);
+    k.stream = bnc_stream_wanted(2 * (int64_t)sizeof(T) * d.outer * d.channels * d.inner);
     k.res = res;
     k.rs = rs;
     k.relu = relu;
@@ -1227,6 +1234,7 @@ static int F(bwd_fused)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.out = dx;
     k.os = dxs;
     k.packed = !mode && k.packed && (!dx || bnc_packable(&k.plan, xs, dys, dxs));
+    k.stream = bnc_stream_wanted(3 * (int64_t)sizeof(T) * d.outer * d.channels * d.inner);
     k.yact = y;
     k.yas = ys;
     k.relu = relu;

@@ -47,6 +47,7 @@ typedef struct {
     int frozen;     /* backward: mean and invstd are constants (instance norm's
                        running statistics), dx = dy * weight * invstd */
     double *parts;  /* backward: N x C x 2 (sum dy, sum dy * xhat) */
+    int stream;     /* forward, NCHW: the output is streamed (see run_norm) */
     char *scratch;  /* NHWC: per-thread C-length arrays */
     size_t scratch_bytes;
 } F(gctx_t);
@@ -120,7 +121,7 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
         const P a = (P)((k->weight ? (double)k->weight[c0 + c] : 1.0) * invstd);
         const P b = (P)bnc_fold_low(k->bias ? (double)k->bias[c0 + c] : 0.0,
                                     mean - (double)cm, (double)a);
-        F(run_norm)(x + c * HW, y + c * HW, HW, cm, a, b);
+        F(run_norm)(x + c * HW, y + c * HW, HW, cm, a, b, k->stream);
     }
 }
 
@@ -437,6 +438,7 @@ static int F(gn_forward)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
     k.bias = bias;
     k.eps = eps;
     k.y = y;
+    k.stream = bnc_stream_wanted(2 * (int64_t)sizeof(T) * N * C * HW);
     k.save_mean = save_mean;
     k.save_invstd = save_invstd;
     k.save_var = save_var;
