@@ -8,7 +8,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__GNUC__) && defined(__x86_64__)
+/* BNC_NO_SIMD: only the portable variants (to check that they build). */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(BNC_NO_SIMD)
 #include <immintrin.h>
 #define BNC_HAVE_F16C_PATH 1
 #endif
@@ -273,7 +274,27 @@ int64_t bnc_set_stream_min_bytes(int64_t bytes)
 #define BNC_NORM_V(VT, i) ((BNC_LD(VT, x + (i)) - m) * a + s)
 #define BNC_GRAD_E(i) (((dy[i] - a) - (x[i] - m) * g) * s)
 #define BNC_GRAD_V(VT, i) (((BNC_LD(VT, dy + (i)) - a) - (BNC_LD(VT, x + (i)) - m) * g) * s)
+/* Rows of C channels (channels last), dense: element i of the run is
+ * channel j = i % C, kept as a running count (ELEM and VEC advance it); the
+ * coefficients m, a, s are followed by their first W values again, so that
+ * a vector's channels never wrap. */
+#define BNC_ROWS_E(i) __extension__({                                          \
+        const __typeof__(*x) v_ = (x[i] - m[j]) * a[j] + s[j];                 \
+        j = j + 1 == C ? 0 : j + 1;                                           \
+        v_; })
+#define BNC_ROWS_V(VT, i) __extension__({                                      \
+        const VT v_ = (BNC_LD(VT, x + (i)) - BNC_LD(VT, m + j)) * BNC_LD(VT, a + j) + \
+                      BNC_LD(VT, s + j);                                      \
+        for (j += (int64_t)(sizeof(VT) / sizeof(*x)); j >= C; j -= C) {       \
+        }                                                                     \
+        v_; })
 #define BNC_STREAM_FNS(NAME, TARGET, T, VT, W, STREAM)                         \
+    TARGET static void stream_rows_##NAME(T *y, const T *x, int64_t n, int64_t C,  \
+                                          const T *m, const T *a, const T *s, int nt) \
+    {                                                                         \
+        int64_t j = 0;                                                        \
+        BNC_STREAM_LOOP(T, VT, W, STREAM, y, n, nt, BNC_ROWS_E, BNC_ROWS_V);  \
+    }                                                                         \
     TARGET static void stream_norm_##NAME(T *y, const T *x, int64_t n, T m, T a, T s, int nt) \
     {                                                                         \
         BNC_STREAM_LOOP(T, VT, W, STREAM, y, n, nt, BNC_NORM_E, BNC_NORM_V);  \
@@ -289,7 +310,7 @@ int64_t bnc_set_stream_min_bytes(int64_t bytes)
  * the AVX-512 machine measured), else SSE2, which every x86-64 has. The
  * fence orders the streamed stores before whatever the caller does next
  * (another thread may read the output after the parallel region). */
-#if defined(__GNUC__) && defined(__x86_64__)
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(BNC_NO_SIMD)
 typedef float bnc_v4sf __attribute__((vector_size(16)));
 typedef double bnc_v2df __attribute__((vector_size(16)));
 typedef double bnc_v4df __attribute__((vector_size(32)));
@@ -301,9 +322,9 @@ BNC_STREAM_FNS(f32_sse2, , float, bnc_v4sf, 4, BNC_NT_PS)
 BNC_STREAM_FNS(f64_sse2, , double, bnc_v2df, 2, BNC_NT_PD)
 BNC_STREAM_FNS(f32_avx, __attribute__((target("avx"))), float, bnc_v8sf, 8, BNC_NT_PS8)
 BNC_STREAM_FNS(f64_avx, __attribute__((target("avx"))), double, bnc_v4df, 4, BNC_NT_PD4)
-#define BNC_STREAM_DISPATCH(T, SFX, fn, y, n, ...)                             \
+#define BNC_STREAM_DISPATCH(T, SFX, fn, ok, y, n, ...)                         \
     do {                                                                      \
-        const int nt = (int64_t)sizeof(T) * (n) >= BNC_STREAM_MIN_RUN &&      \
+        const int nt = (ok) && (int64_t)sizeof(T) * (n) >= BNC_STREAM_MIN_RUN && \
                        (uintptr_t)(y) % sizeof(T) == 0;                       \
         if (capped(__builtin_cpu_supports("avx")))                            \
             fn##_##SFX##_avx(y, __VA_ARGS__, nt);                             \
@@ -316,17 +337,31 @@ BNC_STREAM_FNS(f64_avx, __attribute__((target("avx"))), double, bnc_v4df, 4, BNC
 #define BNC_STORE1(p, v) (*(p) = (v))
 BNC_STREAM_FNS(f32_portable, , float, float, 1, BNC_STORE1)
 BNC_STREAM_FNS(f64_portable, , double, double, 1, BNC_STORE1)
-#define BNC_STREAM_DISPATCH(T, SFX, fn, y, n, ...) fn##_##SFX##_portable(y, __VA_ARGS__, 0)
+#define BNC_STREAM_DISPATCH(T, SFX, fn, ok, y, n, ...) fn##_##SFX##_portable(y, __VA_ARGS__, 0)
 #endif
 #define BNC_STREAM_CALLS(T, SFX)                                              \
     void bnc_stream_norm_##SFX(T *y, const T *x, int64_t n, T m, T a, T s)     \
     {                                                                         \
-        BNC_STREAM_DISPATCH(T, SFX, stream_norm, y, n, x, n, m, a, s);        \
+        BNC_STREAM_DISPATCH(T, SFX, stream_norm, 1, y, n, x, n, m, a, s);        \
     }                                                                         \
     void bnc_stream_grad_##SFX(T *dx, const T *dy, const T *x, int64_t n, T m, T a, T g, \
                                T s)                                           \
     {                                                                         \
-        BNC_STREAM_DISPATCH(T, SFX, stream_grad, dx, n, dy, x, n, m, a, g, s); \
+        BNC_STREAM_DISPATCH(T, SFX, stream_grad, 1, dx, n, dy, x, n, m, a, g, s); \
+    }                                                                         \
+    void bnc_stream_rows_##SFX(T *y, const T *x, int64_t n, int64_t C, const T *m, const T *a, \
+                               const T *s)                                    \
+    {                                                                         \
+        const int64_t w = 64 / (int64_t)sizeof(T), cw = C + w;                \
+        T *e = malloc(3 * (size_t)cw * sizeof(T)); /* NULL: ordinary stores */ \
+        const T *src[3] = {m, a, s};                                          \
+        for (int k = 0; e && k < 3; k++) {                                    \
+            memcpy(e + k * cw, src[k], (size_t)C * sizeof(T));                \
+            memcpy(e + k * cw + C, src[k], (size_t)w * sizeof(T));            \
+        }                                                                     \
+        BNC_STREAM_DISPATCH(T, SFX, stream_rows, e != NULL, y, n, x, n, C, e ? e : m, \
+                            e ? e + cw : a, e ? e + 2 * cw : s);              \
+        free(e);                                                              \
     }
 BNC_STREAM_CALLS(float, f32)
 BNC_STREAM_CALLS(double, f64)

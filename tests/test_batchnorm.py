@@ -436,28 +436,34 @@ def test_float16_computes_as_float32_copy(shape):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("offset", [0, 1, 5], ids=["aligned", "off1", "off5"])
-def test_streamed_outputs_are_the_same_bits(dtype, offset, streamed):
-    """Calls larger than the last-level cache write y and dx with streaming
-    stores (whole 64-byte lines; the partial lines at either end of a run as
-    usual): forced on for small calls, the outputs are the bits of ordinary
-    stores, with outputs that start anywhere in a line, runs from 1 to
-    several lines past the streaming minimum (4 KiB), 1 and 2 threads, and
+@pytest.mark.parametrize("shape,axis", [((3, 4, 1031), 1), ((2, 300, 100), -1),
+                                        ((2, 2100, 3), -1), ((3, 67, 64), -1)],
+                         ids=["channels-first", "last-100", "last-3", "last-64"])
+def test_streamed_outputs_are_the_same_bits(dtype, offset, shape, axis, streamed):
+    """Calls larger than the last-level cache write y (and channels-first dx)
+    with streaming stores (whole 64-byte lines; the partial lines at either
+    end of a run as usual): forced on for small calls, the outputs are the
+    bits of ordinary stores, with outputs that start anywhere in a line,
+    runs from 1 to several lines past the streaming minimum (4 KiB), channel
+    counts below, above and at a multiple of a vector, 1 and 2 threads, and
     in place."""
-    rng = rng_for("streamed", dtype, offset)
-    shape = (3, 4, 1031 + 17 * offset)  # runs of 4 KiB and more, lines cut anywhere
+    rng = rng_for("streamed", dtype, offset, shape)
+    shape = shape[:-1] + (shape[-1] + 17 * offset,) if axis == 1 else shape
     x = make_x(shape, dtype, rng, loc=3.0)
     dy = make_x(shape, dtype, rng)
-    w, b, rm, rv = make_params(4, dtype, rng)
+    C = shape[axis]
+    w, b, rm, rv = make_params(C, dtype, rng)
     buf = np.empty(x.size + 16, dtype)
     out = buf[offset:offset + x.size].reshape(shape)
+    kw = dict(channel_axis=axis)
 
     def calls(nt):
-        y, saved = bnc.batch_norm_forward(x, w, b, n_threads=nt)
+        y, saved = bnc.batch_norm_forward(x, w, b, n_threads=nt, **kw)
         ye = bnc.batch_norm(x, w, b, running_mean=rm, running_var=rv, n_threads=nt,
-                            out=out).copy()
-        dx = bnc.batch_norm_backward(dy, x, w, saved, n_threads=nt, out=out)[0].copy()
+                            out=out, **kw).copy()
+        dx = bnc.batch_norm_backward(dy, x, w, saved, n_threads=nt, out=out, **kw)[0].copy()
         xi = x.copy()
-        bnc.batch_norm(xi, w, b, running_mean=rm, running_var=rv, out=xi, n_threads=nt)
+        bnc.batch_norm(xi, w, b, running_mean=rm, running_var=rv, out=xi, n_threads=nt, **kw)
         return y, ye, dx, xi
 
     for nt in (1, 2):
@@ -466,7 +472,7 @@ def test_streamed_outputs_are_the_same_bits(dtype, offset, streamed):
         for a, e in zip(stream, plain):
             assert bit_equal(a, e)
     # and the stores are right, not just the same
-    assert_close(plain[0], ref.batch_norm_forward(f64(x), f64(w), f64(b))[0], tol(dtype))
+    assert_close(plain[0], ref.batch_norm_forward(f64(x), f64(w), f64(b), **kw)[0], tol(dtype))
 
 
 # ---------------------------------------------------------------------------

@@ -1057,7 +1057,8 @@ static void test_renorm_errors(void)
 }
 
 /* The streamed loops (util.c) give the bits of the plain loops, for outputs
- * starting anywhere in a line, short and long runs, and in place. */
+ * starting anywhere in a line, short and long runs, in place, and rows of
+ * any channel count from a line's worth. */
 
 #define STREAM_CHECK(T, SFX)                                                  \
     do {                                                                      \
@@ -1085,12 +1086,22 @@ static void test_renorm_errors(void)
                 memcpy(yo, dy + off, (size_t)n * sizeof(T));                  \
                 bnc_stream_grad_##SFX(yo, yo, x + off, n, m, a, g, s);        \
                 CHECK(memcmp(yo, e, (size_t)n * sizeof(T)) == 0, "stream_grad in place " #SFX); \
+                for (int ci = 0; ci < (int)(sizeof cs / sizeof cs[0]); ci++) {    \
+                    const int64_t C = cs[ci];                                 \
+                    if (C < 64 / (int64_t)sizeof(T))                          \
+                        continue;                                             \
+                    for (int64_t i = 0; i < n; i++)                           \
+                        e[i] = (x[off + i] - dy[i % C]) * dy[100 + i % C] + dy[200 + i % C]; \
+                    bnc_stream_rows_##SFX(yo, x + off, n, C, dy, dy + 100, dy + 200); \
+                    CHECK(memcmp(yo, e, (size_t)n * sizeof(T)) == 0, "stream_rows " #SFX); \
+                }                                                             \
             }                                                                 \
     } while (0)
 
 static void test_stream_loops(void)
 {
     static const int64_t ns[] = {0, 1, 15, 17, 500, 1023, 1024, 1025, 1039, 2048, 4100};
+    static const int64_t cs[] = {3, 8, 16, 17, 64, 100}; /* channels of the rows */
     STREAM_CHECK(float, f32);
     STREAM_CHECK(double, f64);
 }

@@ -832,6 +832,26 @@ static inline void F(fuse_row)(const T *x, const T *r, T *y, int64_t n, const P 
             y[c] = STORE(((LOAD(x[c]) - m[c]) * a[c] + s[c]) + LOAD(r[c]));
 }
 
+/* The normalizing pass over the dense rows [r0, r1) of all channels
+ * (channels last, at least a line's worth) with streaming stores, when the
+ * call streams (see run_norm): returns 1 if done, 0 to take the row loops
+ * (fewer channels: the packed loops). */
+static inline int F(stream_rows)(const F(ctx_t) *k, int64_t r0, int64_t r1)
+{
+#if STAGED
+    (void)k, (void)r0, (void)r1;
+    return 0;
+#else
+    const int64_t C = k->plan.channels;
+    if (!k->stream || C < 64 / (int64_t)sizeof(T) || k->xs.outer != C || k->os.outer != C ||
+        k->os.channel != 1)
+        return 0;
+    BNC_CAT(bnc_stream_rows_, SFX)(k->out + r0 * C, k->x + r0 * C, (r1 - r0) * C, C, k->cm,
+                                   k->ca, k->cb);
+    return 1;
+#endif
+}
+
 /* Forward: y = (x - cm) * ca + cb over a span (see bnc_sweep_t); fused
  * (the fused kernels): y = act(that + res), res and act as in the ctx. */
 static BNC_ALWAYS_INLINE void F(apply_norm_t)(void *vctx, int64_t c0, int64_t c1, int64_t r0,
@@ -843,6 +863,9 @@ static BNC_ALWAYS_INLINE void F(apply_norm_t)(void *vctx, int64_t c0, int64_t c1
     const int64_t yc = k->os.channel;
     const int64_t rc = fused && k->res ? k->rs.channel : 1;
     const int relu = fused && k->relu;
+    if (!fused && k->plan.interleaved && c0 == 0 && c1 == k->plan.channels &&
+        F(stream_rows)(k, r0, r1))
+        return;
     /* packed (from x and y alone, as it shapes the reductions too) needs a
      * dense residual as well here; otherwise the row loops below */
     if (k->packed && c0 == 0 && c1 == k->plan.channels &&
