@@ -144,20 +144,23 @@ def test_thread_invariance(shape, axis, G, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("offset", [0, 3], ids=["aligned", "off3"])
-def test_streamed_output_is_the_same_bits(dtype, offset, streamed):
-    """The NCHW forward of a call larger than the last-level cache streams y
+@pytest.mark.parametrize("shape,axis,G", [((2, 6, 1033), 1, 3), ((2, 150, 100), -1, 4),
+                                          ((2, 200, 32), -1, 8)],
+                         ids=["channels-first", "last-100", "last-32"])
+def test_streamed_output_is_the_same_bits(dtype, offset, shape, axis, G, streamed):
+    """The forward of a call larger than the last-level cache streams y
     (whole 64-byte lines; see batch norm's test): forced on for a small call,
     y is the bits of ordinary stores, for 1 and 2 threads and in place."""
-    shape = (2, 6, 1033)  # runs of 4 KiB and more
-    x, w, b, _ = _data(shape, 1, dtype, 3)
+    x, w, b, _ = _data(shape, axis, dtype, G)
     buf = np.empty(x.size + 8, dtype)
     out = buf[offset:offset + x.size].reshape(shape)
+    kw = dict(channel_axis=axis)
 
     def calls(nt):
-        y, s = group_norm_forward(x, 3, w, b, n_threads=nt)
-        yo = group_norm(x, 3, w, b, out=out, n_threads=nt).copy()
+        y, s = group_norm_forward(x, G, w, b, n_threads=nt, **kw)
+        yo = group_norm(x, G, w, b, out=out, n_threads=nt, **kw).copy()
         xi = x.copy()
-        group_norm(xi, 3, w, b, out=xi, n_threads=nt)
+        group_norm(xi, G, w, b, out=xi, n_threads=nt, **kw)
         return y, *s, yo, xi
 
     for nt in (1, 2):

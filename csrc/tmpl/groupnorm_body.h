@@ -13,7 +13,10 @@
  *
  * NCHW: each (n, g) is one contiguous run of Cg * HW elements, summed with the
  * layer norm lane reductions (rowsums.h), then read again for the squared
- * deviations and the output while in cache. Work items are the N * G runs.
+ * deviations and the output while in cache. Work items are the N * G runs;
+ * the forward sums up to 512 KiB of consecutive runs before going back to
+ * the first for the rest (gn_fwd_nchw: the memory reads come in one long
+ * stream).
  * Both layouts write y = (x - mean) * (weight * invstd) + bias, the scale
  * rounded once per channel and the mean's low part folded into the bias.
  * NHWC: work items are the N images; each is HW rows of C contiguous channels,
@@ -47,7 +50,7 @@ typedef struct {
     int frozen;     /* backward: mean and invstd are constants (instance norm's
                        running statistics), dx = dy * weight * invstd */
     double *parts;  /* backward: N x C x 2 (sum dy, sum dy * xhat) */
-    int stream;     /* forward, NCHW: the output is streamed (see run_norm) */
+    int stream;     /* forward: the output is streamed (run_norm, bnc_stream_rows) */
     char *scratch;  /* NHWC: per-thread C-length arrays */
     size_t scratch_bytes;
 } F(gctx_t);
@@ -100,17 +103,27 @@ static inline void F(gn_save)(const F(gctx_t) *k, int64_t j, P mean, double var,
 
 /* ---- NCHW ---- */
 
-BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
+/* Item j's sums of x - kx (kx its first value): mu = their mean. */
+static BNC_ALWAYS_INLINE void F(gn_sum_nchw)(const F(gctx_t) *k, int64_t j, P *kx, double *mu)
+{
+    const int64_t L = k->Cg * k->HW;
+    const T *x = k->x + j * L;
+    P bx[GN_STAGE];
+    double a1[BNC_LANES] = {0};
+    *kx = LOAD(x[0]);
+    GN_CHUNKS(L) F(sum_p)(GN_IN(bx, x + o, c_), 1, 0, c_, *kx, a1);
+    *mu = bnc_lanes_sum(a1) / (double)L;
+}
+
+/* Item j's squared deviations, statistics and output, given its sums. */
+static BNC_ALWAYS_INLINE void F(gn_norm_nchw)(const F(gctx_t) *k, int64_t j, P kx, double mu)
 {
     const int64_t HW = k->HW, L = k->Cg * HW, c0 = (j % k->G) * k->Cg;
     const T *x = k->x + j * L;
     T *y = k->y + j * L;
     P bx[GN_STAGE];
-    double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
+    double a2[BNC_LANES] = {0};
     double mean, var, invstd;
-    const P kx = LOAD(x[0]);
-    GN_CHUNKS(L) F(sum_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, a1);
-    double mu = bnc_lanes_sum(a1) / (double)L;
     GN_CHUNKS(L) F(sqdev_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, (P)mu, a2);
     F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &var, &invstd);
     const P cm = (P)mean;
@@ -122,6 +135,27 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j)
         const P b = (P)bnc_fold_low(k->bias ? (double)k->bias[c0 + c] : 0.0,
                                     mean - (double)cm, (double)a);
         F(run_norm)(x + c * HW, y + c * HW, HW, cm, a, b, k->stream);
+    }
+}
+
+/* The forward of items [j0, j1), GN_UNIT groups at a time: first the sums
+ * of each group of a unit (one sequential read of up to 512 KiB, which the
+ * hardware prefetches at full speed and which then stays in L2), then each
+ * group's squared deviations and output from cache. Each group's results
+ * are those of taking it alone. */
+#define GN_UNIT 64
+BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j0, int64_t j1)
+{
+    int64_t u = ((int64_t)512 * 1024 / (int64_t)sizeof(T)) / (k->Cg * k->HW);
+    u = u < 1 ? 1 : u > GN_UNIT ? GN_UNIT : u;
+    for (int64_t j = j0; j < j1; j += u) {
+        const int64_t e = j + u < j1 ? j + u : j1;
+        P kx[GN_UNIT];
+        double mu[GN_UNIT];
+        for (int64_t q = j; q < e; q++)
+            F(gn_sum_nchw)(k, q, kx + (q - j), mu + (q - j));
+        for (int64_t q = j; q < e; q++)
+            F(gn_norm_nchw)(k, q, kx[q - j], mu[q - j]);
     }
 }
 
@@ -283,6 +317,12 @@ BNC_HOT static void F(gn_fwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
         }
     }
     const P *restrict mc = r.m, *restrict ac = r.a, *restrict bc = r.p1;
+#if !STAGED
+    if (k->stream && C >= 64 / (int64_t)sizeof(T)) { /* the rows below, streamed */
+        BNC_CAT(bnc_stream_rows_, SFX)(y, x, HW * C, C, mc, ac, bc);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < HW; i++) {
         const P *xi = GN_IN(r.bx, x + i * C, C); /* y may be x */
         P *yi = GN_OUT(r.bo, y + i * C);
@@ -366,16 +406,18 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
 static void F(gn_thread)(const F(gctx_t) *k, int bwd, int64_t t, int64_t nt)
 {
     const int64_t items = k->cl ? k->N : k->N * k->G;
+    if (!k->cl && !bwd) {
+        F(gn_fwd_nchw)(k, items * t / nt, items * (t + 1) / nt);
+        return;
+    }
     for (int64_t j = items * t / nt; j < items * (t + 1) / nt; j++) {
         if (k->cl) {
             if (bwd)
                 F(gn_bwd_nhwc)(k, j, F(gn_scratch)(k, t));
             else
                 F(gn_fwd_nhwc)(k, j, F(gn_scratch)(k, t));
-        } else if (bwd)
+        } else
             F(gn_bwd_nchw)(k, j);
-        else
-            F(gn_fwd_nchw)(k, j);
     }
 }
 
@@ -517,6 +559,7 @@ int F(bnc_instancenorm_bwd)(int64_t N, int64_t C, int64_t HW, int channels_last,
 }
 
 #undef GN_STAGE
+#undef GN_UNIT
 #undef GN_IN
 #undef GN_OUT
 #undef GN_PUT
