@@ -186,9 +186,9 @@ int64_t bnc_set_stream_min_bytes(int64_t bytes);
  * values (the output may be an input array). */
 void bnc_stream_norm_f32(float *y, const float *x, int64_t n, float m, float a, float s);
 void bnc_stream_norm_f64(double *y, const double *x, int64_t n, double m, double a, double s);
-/* y = (x - m[c]) * a[c] + s[c] over n values of dense rows of C >= 64 /
- * sizeof(T) channels (element i is channel i % C), streaming: batch norm's
- * channels-last normalizing pass (norm_row). */
+/* y = (x - m[c]) * a[c] + s[c] over n values of dense rows of C channels
+ * (element i is channel i % C), streaming when C >= 64 / sizeof(T): the
+ * channels-last normalizing passes of batch norm (norm_row) and group norm. */
 void bnc_stream_rows_f32(float *y, const float *x, int64_t n, int64_t C, const float *m,
                          const float *a, const float *s);
 void bnc_stream_rows_f64(double *y, const double *x, int64_t n, int64_t C, const double *m,

@@ -353,7 +353,8 @@ BNC_STREAM_FNS(f64_portable, , double, double, 1, BNC_STORE1)
                                const T *s)                                    \
     {                                                                         \
         const int64_t w = 64 / (int64_t)sizeof(T), cw = C + w;                \
-        T *e = malloc(3 * (size_t)cw * sizeof(T)); /* NULL: ordinary stores */ \
+        /* NULL (fewer channels than a line holds, or no memory): ordinary stores */ \
+        T *e = C >= w ? malloc(3 * (size_t)cw * sizeof(T)) : NULL;             \
         const T *src[3] = {m, a, s};                                          \
         for (int k = 0; e && k < 3; k++) {                                    \
             memcpy(e + k * cw, src[k], (size_t)C * sizeof(T));                \
