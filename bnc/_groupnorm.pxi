@@ -24,6 +24,76 @@ cdef extern from "bnc/bnc.h" nogil:
     int bnc_instancenorm_bwd_f16(int64_t N, int64_t C, int64_t HW, int channels_last, const bnc_f16_t *dy, const bnc_f16_t *x, const float *weight, const float *mean, const float *invstd, int input_stats, bnc_f16_t *dx, float *dweight, float *dbias, int n_threads)
 
 
+cdef int _gn_fwd_call(int isz, bint inst, int64_t n, int64_t c, int64_t hw, int64_t g, int icl,
+                      void *px, void *pw, void *pb, double e, void *py, void *pm, void *pi,
+                      void *pv, int nt) noexcept:
+    """The group norm (inst: instance norm, which also saves the variance to
+    pv) forward kernel of x's itemsize; its status."""
+    cdef int st
+    with nogil:
+        if inst:
+            if isz == 2:
+                st = bnc_instancenorm_fwd_f16(n, c, hw, icl, <bnc_f16_t *>px, <float *>pw,
+                                              <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
+                                              <float *>pi, <float *>pv, nt)
+            elif isz == 8:
+                st = bnc_instancenorm_fwd_f64(n, c, hw, icl, <double *>px, <double *>pw,
+                                              <double *>pb, e, <double *>py, <double *>pm,
+                                              <double *>pi, <double *>pv, nt)
+            else:
+                st = bnc_instancenorm_fwd_f32(n, c, hw, icl, <float *>px, <float *>pw,
+                                              <float *>pb, e, <float *>py, <float *>pm,
+                                              <float *>pi, <float *>pv, nt)
+        elif isz == 2:
+            st = bnc_groupnorm_fwd_f16(n, c, hw, g, icl, <bnc_f16_t *>px, <float *>pw,
+                                       <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
+                                       <float *>pi, nt)
+        elif isz == 8:
+            st = bnc_groupnorm_fwd_f64(n, c, hw, g, icl, <double *>px, <double *>pw,
+                                       <double *>pb, e, <double *>py, <double *>pm,
+                                       <double *>pi, nt)
+        else:
+            st = bnc_groupnorm_fwd_f32(n, c, hw, g, icl, <float *>px, <float *>pw,
+                                       <float *>pb, e, <float *>py, <float *>pm,
+                                       <float *>pi, nt)
+    return st
+
+
+cdef int _gn_bwd_call(int isz, bint inst, int64_t n, int64_t c, int64_t hw, int64_t g, int icl,
+                      void *pdy, void *px, void *pw, void *pm, void *pi, int ist, void *pdx,
+                      void *pdw, void *pdb, int nt) noexcept:
+    """The group norm (inst: instance norm; ist: its statistics came from x)
+    backward kernel of x's itemsize; its status."""
+    cdef int st
+    with nogil:
+        if inst:
+            if isz == 2:
+                st = bnc_instancenorm_bwd_f16(n, c, hw, icl, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                              <float *>pw, <float *>pm, <float *>pi, ist,
+                                              <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
+            elif isz == 8:
+                st = bnc_instancenorm_bwd_f64(n, c, hw, icl, <double *>pdy, <double *>px,
+                                              <double *>pw, <double *>pm, <double *>pi, ist,
+                                              <double *>pdx, <double *>pdw, <double *>pdb, nt)
+            else:
+                st = bnc_instancenorm_bwd_f32(n, c, hw, icl, <float *>pdy, <float *>px,
+                                              <float *>pw, <float *>pm, <float *>pi, ist,
+                                              <float *>pdx, <float *>pdw, <float *>pdb, nt)
+        elif isz == 2:
+            st = bnc_groupnorm_bwd_f16(n, c, hw, g, icl, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
+                                       <float *>pw, <float *>pm, <float *>pi,
+                                       <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
+        elif isz == 8:
+            st = bnc_groupnorm_bwd_f64(n, c, hw, g, icl, <double *>pdy, <double *>px,
+                                       <double *>pw, <double *>pm, <double *>pi,
+                                       <double *>pdx, <double *>pdw, <double *>pdb, nt)
+        else:
+            st = bnc_groupnorm_bwd_f32(n, c, hw, g, icl, <float *>pdy, <float *>px,
+                                       <float *>pw, <float *>pm, <float *>pi,
+                                       <float *>pdx, <float *>pdw, <float *>pdb, nt)
+    return st
+
+
 cdef tuple _gn_dims(object x, object num_groups, object channel_axis):
     """(N, C, HW, G, channels_last) for x, validating x's rank, channel_axis
     (1 or -1, i.e. first after the batch axis or last) and num_groups
@@ -73,9 +143,127 @@ def instance_norm_forward_raw(x, weight, bias, channel_axis, eps, out, n_threads
     return _gn_forward(x, None, weight, bias, channel_axis, eps, out, n_threads)
 
 
+# ---- fast paths (see "fast paths" in _core.pyx): exact, C-contiguous, aligned
+# ndarrays of the right dtypes and plain int/float options go straight to the
+# kernel; anything else returns None and the generic path validates as before.
+
+cdef struct _GnDims:
+    int64_t N, C, HW, G
+    int cl
+
+
+cdef bint _gn_fast_dims(_GnDims *d, cnp.ndarray a, object num_groups,
+                        object channel_axis) noexcept:
+    """Fills d as _gn_dims would for a plain int channel_axis (1 or -1 in
+    effect) and a plain int num_groups dividing C (None: C); False otherwise."""
+    cdef int nd = cnp.PyArray_NDIM(a), i, overflow = 0
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
+    if type(channel_axis) is not int:
+        return False
+    cdef long long ax = _as_ll(channel_axis, &overflow)
+    if overflow or ax < -nd or ax >= nd:
+        return False
+    if ax < 0:
+        ax += nd
+    if ax != 1 and ax != nd - 1:
+        return False
+    d.N, d.C, d.HW = shape[0], shape[ax], 1
+    for i in range(1, nd):
+        if i != ax:
+            d.HW *= shape[i]
+    d.cl = ax == nd - 1 and nd > 2
+    if num_groups is None:
+        d.G = d.C
+        return True
+    if type(num_groups) is not int:
+        return False
+    cdef long long g = _as_ll(num_groups, &overflow)
+    if overflow or g < 1 or d.C % g:
+        return False
+    d.G = g
+    return True
+
+
+cdef object _gn_fwd_fast(object x, object num_groups, object weight, object bias,
+                         object channel_axis, object eps, object out, object n_threads):
+    """_gn_forward's result on a call a fast path takes, else None."""
+    global _n_fast
+    cdef _GnDims d
+    if not (_fast_x(x) and _gn_fast_dims(&d, <cnp.ndarray>x, num_groups, channel_axis)):
+        return None
+    if type(eps) is not float:
+        return None
+    cdef double e = PyFloat_AS_DOUBLE(eps)
+    if not (e > 0 and e < INFINITY):
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int isz = <int>cnp.PyArray_ITEMSIZE(a)
+    cdef int ptype = cnp.NPY_FLOAT64 if isz == 8 else cnp.NPY_FLOAT32
+    cdef cnp.npy_intp c = d.C
+    cdef cnp.npy_intp sd[2]
+    if not (_ln_fast_arr(weight, ptype, &c, 1) and _ln_fast_arr(bias, ptype, &c, 1)):
+        return None
+    cdef int nt = _fast_threads(n_threads)
+    cdef int o = _fast_out(out, x)
+    if nt < 1 or o < 0 or (o > 0 and not (_apart(out, weight) and _apart(out, bias))):
+        return None
+    cdef bint inst = num_groups is None
+    sd[0], sd[1] = d.N, d.G
+    y = _empty_like(a, cnp.NPY_KEEPORDER, NULL, 0) if o == 0 else out
+    mean = cnp.PyArray_EMPTY(2, sd, ptype, 0)
+    invstd = cnp.PyArray_EMPTY(2, sd, ptype, 0)
+    var = cnp.PyArray_EMPTY(2, sd, ptype, 0) if inst else None
+    _check(_gn_fwd_call(isz, inst, d.N, d.C, d.HW, d.G, d.cl, _ptr(x), _ptr_or_null(weight),
+                        _ptr_or_null(bias), e, _ptr(y), _ptr(mean), _ptr(invstd),
+                        _ptr_or_null(var), nt))
+    _n_fast += 1
+    return y, mean, invstd, var
+
+
+cdef object _gn_bwd_fast(object grad_out, object x, object num_groups, object weight,
+                         object mean, object invstd, bint input_stats, object channel_axis,
+                         object out, object n_threads):
+    """_gn_backward's result on a call a fast path takes, else None."""
+    global _n_fast
+    cdef _GnDims d
+    if not (_fast_x(x) and _fast_x(grad_out)
+            and _gn_fast_dims(&d, <cnp.ndarray>x, num_groups, channel_axis)):
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x, gr = <cnp.ndarray>grad_out
+    if cnp.PyArray_TYPE(gr) != cnp.PyArray_TYPE(a) or not _same_shape(gr, a):
+        return None
+    if mean is None or invstd is None:
+        return None
+    cdef int isz = <int>cnp.PyArray_ITEMSIZE(a)
+    cdef int ptype = cnp.NPY_FLOAT64 if isz == 8 else cnp.NPY_FLOAT32
+    cdef cnp.npy_intp c = d.C
+    cdef cnp.npy_intp sd[2]
+    sd[0], sd[1] = d.N, d.G
+    if not (_ln_fast_arr(weight, ptype, &c, 1) and _ln_fast_arr(mean, ptype, sd, 2)
+            and _ln_fast_arr(invstd, ptype, sd, 2)):
+        return None
+    cdef int nt = _fast_threads(n_threads)
+    cdef int o = _fast_out(out, x)
+    if nt < 1 or o == -1 or o == 2 or (o == 1 and not (
+            _apart(out, grad_out) and _apart(out, weight) and _apart(out, mean)
+            and _apart(out, invstd))):
+        return None
+    dx = _empty_like(a, cnp.NPY_KEEPORDER, NULL, 0) if o == 0 else out
+    dweight = cnp.PyArray_EMPTY(1, &c, ptype, 0)
+    dbias = cnp.PyArray_EMPTY(1, &c, ptype, 0)
+    _check(_gn_bwd_call(isz, num_groups is None, d.N, d.C, d.HW, d.G, d.cl, _ptr(grad_out),
+                        _ptr(x), _ptr_or_null(weight), _ptr(mean), _ptr(invstd), input_stats,
+                        _ptr(dx), _ptr(dweight), _ptr(dbias), nt))
+    _n_fast += 1
+    return dx, dweight, dbias
+
+
 cdef tuple _gn_forward(x, num_groups, weight, bias, channel_axis, eps, out, n_threads):
     """Group norm (num_groups given) or instance norm (None: G = C, and the
     variance is returned too): (y, mean, invstd, var or None)."""
+    r = _gn_fwd_fast(x, num_groups, weight, bias, channel_axis, eps, out, n_threads)
+    if r is not None:
+        return r
     x = _ln_input(x, "x")
     N, C, HW, G, cl = _gn_dims(x, num_groups, channel_axis)
     cdef bint inst = num_groups is None
@@ -104,35 +292,8 @@ cdef tuple _gn_forward(x, num_groups, weight, bias, channel_axis, eps, out, n_th
     cdef void *pm = _ptr(mean)
     cdef void *pi = _ptr(invstd)
     cdef void *pv = _ptr_or_null(var)
-    cdef int st
-    cdef int isz = xdt.itemsize
-    with nogil:
-        if inst:
-            if isz == 2:
-                st = bnc_instancenorm_fwd_f16(n, c, hw, icl, <bnc_f16_t *>px, <float *>pw,
-                                              <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
-                                              <float *>pi, <float *>pv, nt)
-            elif isz == 8:
-                st = bnc_instancenorm_fwd_f64(n, c, hw, icl, <double *>px, <double *>pw,
-                                              <double *>pb, e, <double *>py, <double *>pm,
-                                              <double *>pi, <double *>pv, nt)
-            else:
-                st = bnc_instancenorm_fwd_f32(n, c, hw, icl, <float *>px, <float *>pw,
-                                              <float *>pb, e, <float *>py, <float *>pm,
-                                              <float *>pi, <float *>pv, nt)
-        elif isz == 2:
-            st = bnc_groupnorm_fwd_f16(n, c, hw, g, icl, <bnc_f16_t *>px, <float *>pw,
-                                       <float *>pb, e, <bnc_f16_t *>py, <float *>pm,
-                                       <float *>pi, nt)
-        elif isz == 8:
-            st = bnc_groupnorm_fwd_f64(n, c, hw, g, icl, <double *>px, <double *>pw,
-                                       <double *>pb, e, <double *>py, <double *>pm,
-                                       <double *>pi, nt)
-        else:
-            st = bnc_groupnorm_fwd_f32(n, c, hw, g, icl, <float *>px, <float *>pw,
-                                       <float *>pb, e, <float *>py, <float *>pm,
-                                       <float *>pi, nt)
-    _check(st)
+    _check(_gn_fwd_call(xdt.itemsize, inst, n, c, hw, g, icl, px, pw, pb, e, py, pm, pi, pv,
+                        nt))
     if out is not None and y is not out:
         np.copyto(out, y)
         y = out
@@ -158,6 +319,10 @@ def instance_norm_backward_raw(grad_out, x, weight, mean, invstd, bint input_sta
 cdef tuple _gn_backward(grad_out, x, num_groups, weight, mean, invstd, bint input_stats,
                         channel_axis, out, n_threads):
     """Group norm (num_groups given) or instance norm (None) backward."""
+    r = _gn_bwd_fast(grad_out, x, num_groups, weight, mean, invstd, input_stats,
+                     channel_axis, out, n_threads)
+    if r is not None:
+        return r
     x = _ln_input(x, "x")
     dy = _ln_input(grad_out, "grad_out")
     xdt = x.dtype
@@ -194,35 +359,8 @@ cdef tuple _gn_backward(grad_out, x, num_groups, weight, mean, invstd, bint inpu
     cdef void *pdx = _ptr(dx)
     cdef void *pdw = _ptr(dweight)
     cdef void *pdb = _ptr(dbias)
-    cdef int st
-    cdef int isz = xdt.itemsize
-    with nogil:
-        if inst:
-            if isz == 2:
-                st = bnc_instancenorm_bwd_f16(n, c, hw, icl, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
-                                              <float *>pw, <float *>pm, <float *>pi, ist,
-                                              <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
-            elif isz == 8:
-                st = bnc_instancenorm_bwd_f64(n, c, hw, icl, <double *>pdy, <double *>px,
-                                              <double *>pw, <double *>pm, <double *>pi, ist,
-                                              <double *>pdx, <double *>pdw, <double *>pdb, nt)
-            else:
-                st = bnc_instancenorm_bwd_f32(n, c, hw, icl, <float *>pdy, <float *>px,
-                                              <float *>pw, <float *>pm, <float *>pi, ist,
-                                              <float *>pdx, <float *>pdw, <float *>pdb, nt)
-        elif isz == 2:
-            st = bnc_groupnorm_bwd_f16(n, c, hw, g, icl, <bnc_f16_t *>pdy, <bnc_f16_t *>px,
-                                       <float *>pw, <float *>pm, <float *>pi,
-                                       <bnc_f16_t *>pdx, <float *>pdw, <float *>pdb, nt)
-        elif isz == 8:
-            st = bnc_groupnorm_bwd_f64(n, c, hw, g, icl, <double *>pdy, <double *>px,
-                                       <double *>pw, <double *>pm, <double *>pi,
-                                       <double *>pdx, <double *>pdw, <double *>pdb, nt)
-        else:
-            st = bnc_groupnorm_bwd_f32(n, c, hw, g, icl, <float *>pdy, <float *>px,
-                                       <float *>pw, <float *>pm, <float *>pi,
-                                       <float *>pdx, <float *>pdw, <float *>pdb, nt)
-    _check(st)
+    _check(_gn_bwd_call(xdt.itemsize, inst, n, c, hw, g, icl, pdy, px, pw, pm, pi, ist, pdx,
+                        pdw, pdb, nt))
     if out is not None and dx is not out:
         np.copyto(out, dx)
         dx = out

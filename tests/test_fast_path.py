@@ -567,3 +567,107 @@ def test_layer_norm_fast_path_leaves_the_rest_generic():
         y2 = x.copy()
         with pytest.raises(ValueError, match="out"):  # out overlapping the weight
             bnc.layer_norm(y2, y2[0], out=y2)
+
+
+# ---- group norm and instance norm ---------------------------------------------
+
+GN_SHAPES = [((2, 8, 5, 5), 1, 4), ((2, 7, 6), -1, 3), ((3, 4), 1, 2), ((2, 3, 4, 4), 1, None),
+             ((2, 4, 4, 6), -1, None), ((8, 256, 14, 14), 1, 32)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape,axis,groups", GN_SHAPES)
+def test_group_norm_fast_matches_generic(shape, axis, groups, dtype):
+    rng = rng_for("gn-fast", shape, axis, np.dtype(dtype).name, groups)
+    x = make_x(shape, dtype, rng, loc=1.0)
+    dy = make_x(shape, dtype, rng)
+    C = shape[axis]
+    sdt = np.float64 if dtype == np.float64 else np.float32
+    w = (rng.random(C) + 0.5).astype(sdt)
+    b = rng.standard_normal(C).astype(sdt)
+    inst = groups is None
+
+    def fwd(ax, g, out=None):
+        if inst:
+            return bnc.instance_norm_forward(x, w, b, channel_axis=ax, out=out, n_threads=1)
+        return bnc.group_norm_forward(x, g, w, b, channel_axis=ax, out=out, n_threads=1)
+
+    def bwd(s, ax, g, out=None):
+        if inst:
+            return bnc.instance_norm_backward(dy, x, w, s, channel_axis=ax, out=out, n_threads=1)
+        return bnc.group_norm_backward(dy, x, g, w, s, channel_axis=ax, out=out, n_threads=1)
+
+    with Fast(2):
+        y, s = fwd(axis, groups)
+        g = bwd(s, axis, groups)
+    gg_ = None if inst else np.int64(groups)
+    with Fast(0):  # np.int64 options: the generic path, same bits
+        yg, sg = fwd(np.int64(axis), gg_)
+        gg = bwd(s, np.int64(axis), gg_)
+    assert bit_equal(y, yg) and all(bit_equal(a, c) for a, c in zip(s, sg))
+    assert all(bit_equal(a, c) for a, c in zip(g, gg))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert s.mean.shape == (shape[0], C if inst else groups) and s.mean.dtype == sdt
+    if inst:
+        yr, _ = ref.instance_norm_forward(x, w, b, channel_axis=axis)
+        gr = ref.instance_norm_backward(dy, x, w, s, channel_axis=axis)
+    else:
+        yr, _ = ref.group_norm_forward(x, groups, w, b, channel_axis=axis)
+        gr = ref.group_norm_backward(dy, x, groups, w, s, channel_axis=axis)
+    assert_close(y, yr, 10 * tol(dtype), "y")
+    assert_close(g.grad_weight, gr.grad_weight, 10 * tol(dtype), "grad_weight",
+                 atol=10 * tol(dtype) * float(np.abs(gr.grad_weight).max()))
+    out = np.empty_like(x)
+    with Fast(2):
+        assert fwd(axis, groups, out)[0] is out and bit_equal(out, y)
+        assert bwd(s, axis, groups, out)[0] is out and bit_equal(out, g[0])
+    inplace = x.copy()
+    with Fast(1):  # out=x: in place
+        if inst:
+            r = bnc.instance_norm_forward(inplace, w, b, channel_axis=axis, out=inplace,
+                                          n_threads=1)[0]
+        else:
+            r = bnc.group_norm_forward(inplace, groups, w, b, channel_axis=axis, out=inplace,
+                                       n_threads=1)[0]
+        assert r is inplace and bit_equal(inplace, y)
+
+
+def test_group_norm_fast_path_leaves_the_rest_generic():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w = np.ones(8, np.float32)
+    y, s = bnc.group_norm_forward(x, 2, w)
+    g = bnc.group_norm_backward(dy, x, 2, w, s)
+    y16 = bnc.group_norm(x.astype(np.float16), 2, (w / 3).astype(np.float16).astype(np.float32))
+    with Fast(0):
+        assert bit_equal(bnc.group_norm(x, 2, list(w)), y)              # not an ndarray
+        assert bit_equal(bnc.group_norm(x, 2, w, eps=np.float32(1e-5)), y)  # not a float
+        assert bit_equal(bnc.group_norm(np.asfortranarray(x), 2, w), y)  # not C-contiguous
+        x16, w16 = x.astype(np.float16), (w / 3).astype(np.float16)  # float16 weight
+        assert bit_equal(bnc.group_norm(x16, 2, w16), y16)
+        gl = bnc.group_norm_backward(dy, x, 2, w, (s.mean.tolist(), s.invstd))  # a list
+        assert all(bit_equal(a, c) for a, c in zip(gl, g))
+        with pytest.raises(TypeError, match="num_groups"):
+            bnc.group_norm(x, True, w)
+        with pytest.raises(TypeError, match="num_groups"):
+            bnc.group_norm(x, 2.0, w)
+        with pytest.raises(ValueError, match="num_groups"):
+            bnc.group_norm(x, 3, w)
+        with pytest.raises(ValueError, match="num_groups"):
+            bnc.group_norm(x, 0, w)
+        with pytest.raises(ValueError, match="channel_axis"):
+            bnc.group_norm(x, 2, w, channel_axis=2)
+        with pytest.raises(ValueError, match="eps"):
+            bnc.group_norm(x, 2, w, eps=0.0)
+        with pytest.raises(ValueError, match="weight"):
+            bnc.group_norm(x, 2, np.ones(7, np.float32))
+        with pytest.raises(ValueError, match="grad_out"):
+            bnc.group_norm_backward(dy[:2], x, 2, w, s)
+        with pytest.raises(ValueError, match="out"):  # backward: out=x is refused
+            bnc.group_norm_backward(dy, x, 2, w, s, out=x)
+        y2 = np.empty((8, 8, 1, 1), np.float32)
+        with pytest.raises(ValueError, match="out"):  # out overlapping the weight
+            bnc.group_norm(y2, 2, y2.reshape(-1)[:8], out=y2)
+        with pytest.raises(ValueError, match="mean"):
+            bnc.group_norm_backward(dy, x, 2, w, (s.mean[:, :1], s.invstd))

@@ -219,6 +219,53 @@ static void test_instancenorm(int cl)
           "instancenorm NULL mean");
 }
 
+/* Integer data, mean 0 and invstd 1: every partial sum of the backward is an
+ * integer far below 2^24, so grad_bias = sum dy and grad_weight = sum dy * x
+ * must come out exact, whatever the run's length: each element summed once
+ * (short runs' masked tail windows, the folds every BNC_SUB elements). */
+static void test_exact_sums(void)
+{
+    static const int64_t lens[] = {1,   2,   7,   15,  16,  17,  31,  32,  33,  63,  64,
+                                   65,  100, 196, 255, 256, 257, 300, 511, 512, 513, 700,
+                                   1025};
+    enum { C = 3, MAXL = 1025 };
+    static float xf[C * MAXL], gf[C * MAXL], dxf[C * MAXL];
+    static double xd[C * MAXL], gd[C * MAXL], dxd[C * MAXL];
+    static bnc_f16_t xh[C * MAXL], gh[C * MAXL], dxh[C * MAXL];
+    float mf[C] = {0}, sf[C] = {1, 1, 1}, dwf[C], dbf[C];
+    double md[C] = {0}, sd[C] = {1, 1, 1}, dwd[C], dbd[C];
+    for (int li = 0; li < (int)(sizeof lens / sizeof lens[0]); li++) {
+        const int64_t L = lens[li];
+        double want_b[C] = {0}, want_w[C] = {0};
+        for (int64_t i = 0; i < C * L; i++) {
+            const int xv = (int)(urand() * 17) - 8, gv = (int)(urand() * 9) - 4;
+            xd[i] = xv;
+            gd[i] = gv;
+            xf[i] = (float)xv;
+            gf[i] = (float)gv;
+            xh[i] = bnc_f32_to_f16((float)xv);
+            gh[i] = bnc_f32_to_f16((float)gv);
+            want_b[i / L] += gv;
+            want_w[i / L] += gv * xv;
+        }
+        CHECK(bnc_groupnorm_bwd_f32(1, C, L, C, 0, gf, xf, NULL, mf, sf, dxf, dwf, dbf, 1) ==
+                  BNC_OK, "exact f32 status");
+        CHECK(bnc_groupnorm_bwd_f64(1, C, L, C, 0, gd, xd, NULL, md, sd, dxd, dwd, dbd, 1) ==
+                  BNC_OK, "exact f64 status");
+        for (int c = 0; c < C; c++) {
+            CHECK(dbf[c] == want_b[c] && dwf[c] == want_w[c], "f32 run of %lld: sums %g %g, "
+                  "want %g %g", (long long)L, dbf[c], dwf[c], want_b[c], want_w[c]);
+            CHECK(dbd[c] == want_b[c] && dwd[c] == want_w[c], "f64 run of %lld: sums %g %g, "
+                  "want %g %g", (long long)L, dbd[c], dwd[c], want_b[c], want_w[c]);
+        }
+        CHECK(bnc_groupnorm_bwd_f16(1, C, L, C, 0, gh, xh, NULL, mf, sf, dxh, dwf, dbf, 1) ==
+                  BNC_OK, "exact f16 status");
+        for (int c = 0; c < C; c++)
+            CHECK(dbf[c] == want_b[c] && dwf[c] == want_w[c], "f16 run of %lld: sums %g %g, "
+                  "want %g %g", (long long)L, dbf[c], dwf[c], want_b[c], want_w[c]);
+    }
+}
+
 int main(void)
 {
     rng_state = 11;
@@ -227,6 +274,7 @@ int main(void)
         {1, 4, 5000, 2}, {5, 32, 81, 8}, {4, 64, 300, 32},
     };
     test_errors();
+    test_exact_sums();
     test_instancenorm(0);
     test_instancenorm(1);
     for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)

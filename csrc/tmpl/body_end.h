@@ -5,6 +5,7 @@
 #undef BNC_STEP
 #undef BNC_FLUSH1
 #undef BNC_FLUSH4
+#undef BNC_PFOLD
 #undef F
 #undef T
 #undef P

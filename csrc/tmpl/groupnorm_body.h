@@ -16,7 +16,8 @@
  * deviations and the output while in cache. Work items are the N * G runs;
  * the forward sums up to 512 KiB of consecutive runs before going back to
  * the first for the rest (gn_fwd_nchw: the memory reads come in one long
- * stream).
+ * stream). The backward sums dy and dy * (x - mean) per channel with
+ * dots_sum (rowsums.h: lanes kept in registers, for short runs).
  * Both layouts write y = (x - mean) * (weight * invstd) + bias, the scale
  * rounded once per channel and the mean's low part folded into the bias.
  * NHWC: work items are the N images; each is HW rows of C contiguous channels,
@@ -159,6 +160,10 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j0, int64_t j1)
     }
 }
 
+/* The backward of item j: per channel, the sums of dy and dy * (x - mean)
+ * (dots_sum for runs of NL or more elements), then dx while the group is
+ * in L1. (Prefetching dx's lines for writing during the sums was measured:
+ * no steady gain.) */
 BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
 {
     const int64_t HW = k->HW, L = k->Cg * HW, n = j / k->G, c0 = (j % k->G) * k->Cg;
@@ -168,11 +173,18 @@ BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
     P bx[GN_STAGE], bg[GN_STAGE], bd[GN_STAGE];
     double A = 0, B = 0;
     for (int64_t c = 0; c < k->Cg; c++) {
-        double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
-        GN_CHUNKS(HW)
-        F(ln_dots)(GN_IN(bg, dy + c * HW + o, c_), GN_IN(bx, x + c * HW + o, c_), NULL, c_, m,
-                   a1, a2);
-        const double sdy = bnc_lanes_sum(a1), sdx = bnc_lanes_sum(a2);
+        double sdy, sdx;
+        if ((!STAGED || HW <= GN_STAGE) && HW >= F(NL)) { /* one chunk of NL or more */
+            F(dots_sum)(GN_IN(bg, dy + c * HW, HW), GN_IN(bx, x + c * HW, HW), HW, m, &sdy,
+                        &sdx);
+        } else {
+            double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
+            GN_CHUNKS(HW)
+            F(ln_dots)(GN_IN(bg, dy + c * HW + o, c_), GN_IN(bx, x + c * HW + o, c_), NULL,
+                       c_, m, a1, a2);
+            sdy = bnc_lanes_sum(a1);
+            sdx = bnc_lanes_sum(a2);
+        }
         const double w = k->weight ? (double)k->weight[c0 + c] : 1.0;
         pc[2 * c] = sdy;
         pc[2 * c + 1] = sdx * (double)s;

@@ -4,8 +4,8 @@
  * Included by each kernel body (batchnorm_body.h; layernorm_body.h and
  * groupnorm_body.h through rowsums.h) after it
  * defines F() and P;
- * the body undefines BNC_VLOAD, BNC_WLOAD, BNC_FLUSH1 and BNC_FLUSH4 at its
- * end.
+ * the body undefines BNC_VLOAD, BNC_WLOAD, BNC_FLUSH1, BNC_FLUSH4 and
+ * BNC_PFOLD at its end.
  *
  * A run is summed in NL lanes: element i goes to lane i % NL. The lanes are
  * four accumulators f0..f3, GNU C vectors of BNC_VEC_BYTES (named variables,
@@ -48,4 +48,12 @@ enum { F(WL) = BNC_WIDE_BYTES / (int)sizeof(P) };
         BNC_FLUSH1((a) + 2 * F(VL), f2);                                      \
         BNC_FLUSH1((a) + 3 * F(VL), f3);                                      \
         f0 = f1 = f2 = f3 = (F(vec_t)){0};                                    \
+    } while (0)
+
+/* a += (f0 + f2) + (f1 + f3), added in P and converted to VL double lanes
+ * held in a register (a, f: the names' stems), then f0..f3 = 0. */
+#define BNC_PFOLD(a, f)                                                       \
+    do {                                                                      \
+        a += __builtin_convertvector((f##0 + f##2) + (f##1 + f##3), F(dvec_t)); \
+        f##0 = f##1 = f##2 = f##3 = (F(vec_t)){0};                            \
     } while (0)
