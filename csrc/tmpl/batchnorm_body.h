@@ -657,6 +657,7 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
         T *dxc = k->write_in_reduce ? k->out + c * k->os.channel : NULL;
         T *drc = mode && k->dres ? k->dres + c * k->drs.channel : NULL;
         double ldy[BNC_LANES] = {0}, ldyx[BNC_LANES] = {0}, m = (double)k->mean_in[c];
+        double rdy = 0, rdyx = 0; /* the blocks summed by dots_sum, in block order */
         P scale = k->write_in_reduce ? k->ca[c] : (P)0;
         T zb[BNC_BLOCK]; /* dz of a block (mode 2; optimized away otherwise) */
         P gbuf[STAGED ? BNC_BLOCK : 1], xbuf[STAGED ? BNC_BLOCK : 1];
@@ -682,16 +683,23 @@ static BNC_ALWAYS_INLINE void F(reduce_grad_t)(void *vctx, int64_t c, int64_t j,
                 const P *pg = F(block_p)(gbuf, g, r1 - r0, gs, i1 - i0, &ps);
                 const P *px = F(block_p)(xbuf, xc + r0 * k->xs.outer + i0, r1 - r0,
                                          k->xs.outer, i1 - i0, &qs);
-                F(sum_p)(pg, r1 - r0, ps, i1 - i0, (P)0, ldy);
-                F(dot_p)(pg, ps, px, qs, r1 - r0, i1 - i0, m, ldyx);
+                if (i1 - i0 >= F(NL)) { /* runs of NL or more: lanes in registers */
+                    double bdy, bdyx;
+                    F(dots_sum)(pg, ps, px, qs, r1 - r0, i1 - i0, k->mean_in[c], &bdy, &bdyx);
+                    rdy += bdy;
+                    rdyx += bdyx;
+                } else {
+                    F(sum_p)(pg, r1 - r0, ps, i1 - i0, (P)0, ldy);
+                    F(dot_p)(pg, ps, px, qs, r1 - r0, i1 - i0, m, ldyx);
+                }
             }
             if (dxc)
                 for (int64_t r = r0; r < r1; r++)
                     F(run_scale)(g + (r - r0) * gs, dxc + r * k->os.outer + i0, i1 - i0,
                                  scale);
         }
-        part[0] = bnc_lanes_sum(ldy);
-        part[1] = bnc_lanes_sum(ldyx);
+        part[0] = rdy + bnc_lanes_sum(ldy);
+        part[1] = rdyx + bnc_lanes_sum(ldyx);
     } else {
         const int64_t C = p->channels;
         double *restrict sdy = part, *restrict sdyx = part + C, *restrict md = part + 2 * C;

@@ -175,8 +175,8 @@ BNC_HOT static void F(gn_bwd_nchw)(const F(gctx_t) *k, int64_t j)
     for (int64_t c = 0; c < k->Cg; c++) {
         double sdy, sdx;
         if ((!STAGED || HW <= GN_STAGE) && HW >= F(NL)) { /* one chunk of NL or more */
-            F(dots_sum)(GN_IN(bg, dy + c * HW, HW), GN_IN(bx, x + c * HW, HW), HW, m, &sdy,
-                        &sdx);
+            F(dots_sum)(GN_IN(bg, dy + c * HW, HW), 0, GN_IN(bx, x + c * HW, HW), 0, 1, HW, m,
+                        &sdy, &sdx);
         } else {
             double a1[BNC_LANES] = {0}, a2[BNC_LANES] = {0};
             GN_CHUNKS(HW)

@@ -124,27 +124,41 @@ static inline double F(dvec_sum)(const F(dvec_t) *a)
     return t[0];
 }
 
-/* *sdy = the sum of dy and *sdx = the sum of dy * (x - m) over a run of
- * n >= NL values: the backward sums of group and instance norm's channels,
- * short runs for which ln_dots' 2 x NL double lanes cost more to flush and
- * fold than the run itself (its fold took three quarters of the time on
+/* *sdy = the sum of dy and *sdx = the sum of dy * (x - m) over `rows` runs
+ * of n >= NL values, the runs gs (dy) and xs (x) elements apart: the
+ * backward sums of batch norm's channels (NCHW) and of group and instance
+ * norm's, short runs (14x14 images: 196 elements) for which ln_dots' and
+ * dot_p's double lanes in memory cost more to flush and fold than the runs
+ * themselves (the fold and the tails took three quarters of the time on
  * 196-element runs).
- * The run is summed in NL lanes of P (element i in lane i % NL), the last
- * t = n % NL elements as a group of their own: the NL elements ending at n,
- * the first NL - t of them masked to +0. After every BNC_SUB / NL groups
- * and at the end, the four accumulators are added pairwise in P, (f0 + f2) +
- * (f1 + f3), and the VL lanes converted to VL double lanes, folded at the
- * end by halving. Each P partial is a tree of depth at most BNC_SUB / NL +
- * 2 (two more roundings than ln_dots' lanes), summed in a fixed order
- * whatever the vector ISA. */
+ * Each run is summed in NL lanes of P (element i in lane i % NL), its last
+ * t = n % NL elements as a group of their own: the NL elements ending the
+ * run, the first NL - t of them masked to +0. After every BNC_SUB / NL
+ * groups (counted across runs) and at the end, the four accumulators are
+ * added pairwise in P, (f0 + f2) + (f1 + f3), and the VL lanes converted
+ * and added to VL double lanes kept in a register, folded at the end by
+ * halving. Each P partial is a tree of depth at most BNC_SUB / NL + 2 (two
+ * more roundings than the double lanes of sum_p and dot_p), summed in a
+ * fixed order whatever the vector ISA. */
 BNC_HOT BNC_NOINLINE __attribute__((unused)) static void
-F(dots_sum)(const P *restrict dy, const P *restrict x, int64_t n, P m, double *sdy, double *sdx)
+F(dots_sum)(const P *restrict dy, int64_t gs, const P *restrict x, int64_t xs, int64_t rows,
+            int64_t n, P m, double *sdy, double *sdx)
 {
     F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
     F(vec_t) h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};
     F(dvec_t) a = {0}, b = {0};
     int groups = 0;
-    int64_t i = 0;
+    /* the tail's masks: lanes l >= lo of the window [n - NL, n) are the
+     * tail's; the others (elements summed before) are masked to +0 in dy and
+     * x - m alike (the bits of +0 whatever x and m) */
+    const int64_t full = n - n % F(NL);
+    const P lo = (P)(F(NL) - n % F(NL));
+    F(vec_t) lane;
+    for (int l = 0; l < F(VL); l++)
+        lane[l] = (P)l;
+    typedef __typeof__(lane < lane) F(mvec_t);
+    const F(mvec_t) k0 = lane >= lo, k1 = lane + (P)F(VL) >= lo,
+                    k2 = lane + (P)(2 * F(VL)) >= lo, k3 = lane + (P)(3 * F(VL)) >= lo;
 #define BNC_DOTS_GROUP(g0, g1, g2, g3, d0, d1, d2, d3)                        \
     do {                                                                      \
         const F(vec_t) e0 = (g0), e1 = (g1), e2 = (g2), e3 = (g3);            \
@@ -162,33 +176,25 @@ F(dots_sum)(const P *restrict dy, const P *restrict x, int64_t n, P m, double *s
             groups = 0;                                                       \
         }                                                                     \
     } while (0)
-    for (; i + F(NL) <= n; i += F(NL)) {
-        const P *g = dy + i, *v = x + i;
-        BNC_DOTS_GROUP(BNC_VLOAD(g), BNC_VLOAD(g + F(VL)), BNC_VLOAD(g + 2 * F(VL)),
-                       BNC_VLOAD(g + 3 * F(VL)), BNC_VLOAD(v) - m, BNC_VLOAD(v + F(VL)) - m,
-                       BNC_VLOAD(v + 2 * F(VL)) - m, BNC_VLOAD(v + 3 * F(VL)) - m);
-    }
-    if (i < n) {
-        /* lanes l >= lo of the window [n - NL, n) are the tail's; the others
-         * (elements summed above) are masked to +0 in dy and x - m alike
-         * (the bits of +0 whatever x and m) */
-        const P *g = dy + n - F(NL), *v = x + n - F(NL);
-        const P lo = (P)(F(NL) - (n - i));
-        F(vec_t) lane;
-        for (int l = 0; l < F(VL); l++)
-            lane[l] = (P)l;
-        typedef __typeof__(lane < lane) F(mvec_t);
-        const F(mvec_t) k0 = lane >= lo, k1 = lane + (P)F(VL) >= lo,
-                        k2 = lane + (P)(2 * F(VL)) >= lo, k3 = lane + (P)(3 * F(VL)) >= lo;
 #define BNC_KEEP(vec, k) ((F(vec_t))((F(mvec_t))(vec) & (k)))
-        BNC_DOTS_GROUP(BNC_KEEP(BNC_VLOAD(g), k0), BNC_KEEP(BNC_VLOAD(g + F(VL)), k1),
-                       BNC_KEEP(BNC_VLOAD(g + 2 * F(VL)), k2),
-                       BNC_KEEP(BNC_VLOAD(g + 3 * F(VL)), k3),
-                       BNC_KEEP(BNC_VLOAD(v) - m, k0), BNC_KEEP(BNC_VLOAD(v + F(VL)) - m, k1),
-                       BNC_KEEP(BNC_VLOAD(v + 2 * F(VL)) - m, k2),
-                       BNC_KEEP(BNC_VLOAD(v + 3 * F(VL)) - m, k3));
-#undef BNC_KEEP
+    for (int64_t r = 0; r < rows; r++, dy += gs, x += xs) {
+        for (int64_t i = 0; i < full; i += F(NL)) {
+            const P *g = dy + i, *v = x + i;
+            BNC_DOTS_GROUP(BNC_VLOAD(g), BNC_VLOAD(g + F(VL)), BNC_VLOAD(g + 2 * F(VL)),
+                           BNC_VLOAD(g + 3 * F(VL)), BNC_VLOAD(v) - m, BNC_VLOAD(v + F(VL)) - m,
+                           BNC_VLOAD(v + 2 * F(VL)) - m, BNC_VLOAD(v + 3 * F(VL)) - m);
+        }
+        if (full < n) {
+            const P *g = dy + n - F(NL), *v = x + n - F(NL);
+            BNC_DOTS_GROUP(BNC_KEEP(BNC_VLOAD(g), k0), BNC_KEEP(BNC_VLOAD(g + F(VL)), k1),
+                           BNC_KEEP(BNC_VLOAD(g + 2 * F(VL)), k2),
+                           BNC_KEEP(BNC_VLOAD(g + 3 * F(VL)), k3),
+                           BNC_KEEP(BNC_VLOAD(v) - m, k0), BNC_KEEP(BNC_VLOAD(v + F(VL)) - m, k1),
+                           BNC_KEEP(BNC_VLOAD(v + 2 * F(VL)) - m, k2),
+                           BNC_KEEP(BNC_VLOAD(v + 3 * F(VL)) - m, k3));
+        }
     }
+#undef BNC_KEEP
 #undef BNC_DOTS_GROUP
     BNC_PFOLD(a, f);
     BNC_PFOLD(b, h);
