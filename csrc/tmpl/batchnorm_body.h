@@ -467,11 +467,16 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
             bnc_block_extent(p, b, &r0, &r1, &i0, &i1);
             xb = F(block_p)(buf, xc + r0 * k->xs.outer + i0, r1 - r0, k->xs.outer, i1 - i0,
                             &xs);
-            F(sum_p)(xb, r1 - r0, xs, i1 - i0, (P)K, ls);
             blk.n = (double)((r1 - r0) * (i1 - i0));
-            blk.mean = bnc_lanes_sum(ls) / blk.n;
-            F(sqdev_p)(xb, r1 - r0, xs, i1 - i0, (P)K, (P)blk.mean, lq);
-            blk.m2 = bnc_lanes_sum(lq);
+            if (i1 - i0 >= F(NL)) { /* runs of NL or more: lanes in registers */
+                blk.mean = F(sum_r)(xb, xs, r1 - r0, i1 - i0, (P)K) / blk.n;
+                blk.m2 = F(sqdev_r)(xb, xs, r1 - r0, i1 - i0, (P)K, (P)blk.mean);
+            } else {
+                F(sum_p)(xb, r1 - r0, xs, i1 - i0, (P)K, ls);
+                blk.mean = bnc_lanes_sum(ls) / blk.n;
+                F(sqdev_p)(xb, r1 - r0, xs, i1 - i0, (P)K, (P)blk.mean, lq);
+                blk.m2 = bnc_lanes_sum(lq);
+            }
             acc = bnc_moments_merge(acc, blk);
         }
         part[0] = acc.n;

@@ -112,6 +112,10 @@ static BNC_ALWAYS_INLINE void F(gn_sum_nchw)(const F(gctx_t) *k, int64_t j, P *k
     P bx[GN_STAGE];
     double a1[BNC_LANES] = {0};
     *kx = LOAD(x[0]);
+    if ((!STAGED || L <= GN_STAGE) && L >= F(NL)) { /* one chunk: lanes in registers */
+        *mu = F(sum_r)(GN_IN(bx, x, L), 0, 1, L, *kx) / (double)L;
+        return;
+    }
     GN_CHUNKS(L) F(sum_p)(GN_IN(bx, x + o, c_), 1, 0, c_, *kx, a1);
     *mu = bnc_lanes_sum(a1) / (double)L;
 }
@@ -125,8 +129,14 @@ static BNC_ALWAYS_INLINE void F(gn_norm_nchw)(const F(gctx_t) *k, int64_t j, P k
     P bx[GN_STAGE];
     double a2[BNC_LANES] = {0};
     double mean, var, invstd;
-    GN_CHUNKS(L) F(sqdev_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, (P)mu, a2);
-    F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &var, &invstd);
+    double ss;
+    if ((!STAGED || L <= GN_STAGE) && L >= F(NL)) { /* as gn_sum_nchw */
+        ss = F(sqdev_r)(GN_IN(bx, x, L), 0, 1, L, kx, (P)mu);
+    } else {
+        GN_CHUNKS(L) F(sqdev_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, (P)mu, a2);
+        ss = bnc_lanes_sum(a2);
+    }
+    F(gn_stats)(mu, ss, (double)L, kx, k->eps, &mean, &var, &invstd);
     const P cm = (P)mean;
     F(gn_save)(k, j, cm, var, (P)invstd);
     for (int64_t c = 0; c < k->Cg; c++) {

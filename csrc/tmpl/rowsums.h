@@ -124,82 +124,115 @@ static inline double F(dvec_sum)(const F(dvec_t) *a)
     return t[0];
 }
 
-/* *sdy = the sum of dy and *sdx = the sum of dy * (x - m) over `rows` runs
- * of n >= NL values, the runs gs (dy) and xs (x) elements apart: the
- * backward sums of batch norm's channels (NCHW) and of group and instance
- * norm's, short runs (14x14 images: 196 elements) for which ln_dots' and
- * dot_p's double lanes in memory cost more to flush and fold than the runs
- * themselves (the fold and the tails took three quarters of the time on
- * 196-element runs).
+/* Sums over `rows` runs of n >= NL values of P, the runs as apart (and bs
+ * for b) elements, with the lanes in registers, for short runs (14x14
+ * images: 196 elements), where the double lanes in memory of sum_p, sqdev_p,
+ * dot_p and ln_dots cost more to flush and fold than the runs themselves
+ * (their fold and tails took three quarters of the time on 196-element
+ * runs). By mode:
+ *   BNC_RS_DOTS:  *s1 = the sum of a (dy), *s2 = the sum of a * (b - m) (b: x);
+ *   BNC_RS_SUM:   *s1 = the sum of a - k (k a value of the data: exact);
+ *   BNC_RS_SQDEV: *s1 = the sum of ((a - k) - m)^2.
  * Each run is summed in NL lanes of P (element i in lane i % NL), its last
  * t = n % NL elements as a group of their own: the NL elements ending the
- * run, the first NL - t of them masked to +0. After every BNC_SUB / NL
- * groups (counted across runs) and at the end, the four accumulators are
- * added pairwise in P, (f0 + f2) + (f1 + f3), and the VL lanes converted
- * and added to VL double lanes kept in a register, folded at the end by
- * halving. Each P partial is a tree of depth at most BNC_SUB / NL + 2 (two
- * more roundings than the double lanes of sum_p and dot_p), summed in a
- * fixed order whatever the vector ISA. */
-BNC_HOT BNC_NOINLINE __attribute__((unused)) static void
-F(dots_sum)(const P *restrict dy, int64_t gs, const P *restrict x, int64_t xs, int64_t rows,
-            int64_t n, P m, double *sdy, double *sdx)
+ * run, the first NL - t of them masked to +0 (the bits of +0 whatever the
+ * data, k and m). After every BNC_SUB / NL groups (counted across runs) and
+ * at the end, the four accumulators are added pairwise in P, (f0 + f2) +
+ * (f1 + f3), and the VL lanes converted and added to VL double lanes kept
+ * in a register, folded at the end by halving. Each P partial is a tree of
+ * depth at most BNC_SUB / NL + 2 (two more roundings than the lanes of
+ * sum_p), summed in a fixed order whatever the vector ISA. */
+#ifndef BNC_RS_DOTS /* once, not per dtype */
+#define BNC_RS_DOTS 0
+#define BNC_RS_SUM 1
+#define BNC_RS_SQDEV 2
+#endif
+static BNC_ALWAYS_INLINE void F(reg_sums_t)(const P *restrict a, int64_t as,
+                                            const P *restrict b, int64_t bs, int64_t rows,
+                                            int64_t n, P k, P m, double *s1, double *s2,
+                                            const int mode)
 {
     F(vec_t) f0 = {0}, f1 = {0}, f2 = {0}, f3 = {0};
     F(vec_t) h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};
-    F(dvec_t) a = {0}, b = {0};
+    F(dvec_t) da = {0}, db = {0};
     int groups = 0;
-    /* the tail's masks: lanes l >= lo of the window [n - NL, n) are the
-     * tail's; the others (elements summed before) are masked to +0 in dy and
-     * x - m alike (the bits of +0 whatever x and m) */
+    /* the tail's masks: lanes l >= lo of the window [n - NL, n) */
     const int64_t full = n - n % F(NL);
     const P lo = (P)(F(NL) - n % F(NL));
     F(vec_t) lane;
     for (int l = 0; l < F(VL); l++)
         lane[l] = (P)l;
     typedef __typeof__(lane < lane) F(mvec_t);
-    const F(mvec_t) k0 = lane >= lo, k1 = lane + (P)F(VL) >= lo,
-                    k2 = lane + (P)(2 * F(VL)) >= lo, k3 = lane + (P)(3 * F(VL)) >= lo;
-#define BNC_DOTS_GROUP(g0, g1, g2, g3, d0, d1, d2, d3)                        \
+    const F(mvec_t) keep[4] = {lane >= lo, lane + (P)F(VL) >= lo,
+                               lane + (P)(2 * F(VL)) >= lo, lane + (P)(3 * F(VL)) >= lo};
+    /* v, or v with the lanes of the tail's masks kept (tail: 0 or 1) */
+#define BNC_RS_KEEP(v, j, tail) ((tail) ? (F(vec_t))((F(mvec_t))(v) & keep[j]) : (F(vec_t))(v))
+    /* one vector j of a group of NL elements at p (a) and q (b) */
+#define BNC_RS_ONE(f, h, j, p, q, tail)                                       \
     do {                                                                      \
-        const F(vec_t) e0 = (g0), e1 = (g1), e2 = (g2), e3 = (g3);            \
-        f0 += e0;                                                             \
-        f1 += e1;                                                             \
-        f2 += e2;                                                             \
-        f3 += e3;                                                             \
-        h0 += e0 * (d0);                                                      \
-        h1 += e1 * (d1);                                                      \
-        h2 += e2 * (d2);                                                      \
-        h3 += e3 * (d3);                                                      \
+        if (mode == BNC_RS_DOTS) {                                            \
+            const F(vec_t) e_ = BNC_RS_KEEP(BNC_VLOAD((p) + (j) * F(VL)), j, tail); \
+            f += e_;                                                          \
+            h += e_ * BNC_RS_KEEP(BNC_VLOAD((q) + (j) * F(VL)) - m, j, tail); \
+        } else if (mode == BNC_RS_SUM) {                                      \
+            f += BNC_RS_KEEP(BNC_VLOAD((p) + (j) * F(VL)) - k, j, tail);      \
+        } else {                                                              \
+            const F(vec_t) e_ = BNC_RS_KEEP((BNC_VLOAD((p) + (j) * F(VL)) - k) - m, j, tail); \
+            f += e_ * e_;                                                     \
+        }                                                                     \
+    } while (0)
+#define BNC_RS_GROUP(p, q, tail)                                              \
+    do {                                                                      \
+        BNC_RS_ONE(f0, h0, 0, p, q, tail);                                    \
+        BNC_RS_ONE(f1, h1, 1, p, q, tail);                                    \
+        BNC_RS_ONE(f2, h2, 2, p, q, tail);                                    \
+        BNC_RS_ONE(f3, h3, 3, p, q, tail);                                    \
         if (++groups == BNC_SUB / F(NL)) {                                    \
-            BNC_PFOLD(a, f);                                                  \
-            BNC_PFOLD(b, h);                                                  \
+            BNC_PFOLD(da, f);                                                 \
+            if (mode == BNC_RS_DOTS)                                          \
+                BNC_PFOLD(db, h);                                             \
             groups = 0;                                                       \
         }                                                                     \
     } while (0)
-#define BNC_KEEP(vec, k) ((F(vec_t))((F(mvec_t))(vec) & (k)))
-    for (int64_t r = 0; r < rows; r++, dy += gs, x += xs) {
-        for (int64_t i = 0; i < full; i += F(NL)) {
-            const P *g = dy + i, *v = x + i;
-            BNC_DOTS_GROUP(BNC_VLOAD(g), BNC_VLOAD(g + F(VL)), BNC_VLOAD(g + 2 * F(VL)),
-                           BNC_VLOAD(g + 3 * F(VL)), BNC_VLOAD(v) - m, BNC_VLOAD(v + F(VL)) - m,
-                           BNC_VLOAD(v + 2 * F(VL)) - m, BNC_VLOAD(v + 3 * F(VL)) - m);
-        }
-        if (full < n) {
-            const P *g = dy + n - F(NL), *v = x + n - F(NL);
-            BNC_DOTS_GROUP(BNC_KEEP(BNC_VLOAD(g), k0), BNC_KEEP(BNC_VLOAD(g + F(VL)), k1),
-                           BNC_KEEP(BNC_VLOAD(g + 2 * F(VL)), k2),
-                           BNC_KEEP(BNC_VLOAD(g + 3 * F(VL)), k3),
-                           BNC_KEEP(BNC_VLOAD(v) - m, k0), BNC_KEEP(BNC_VLOAD(v + F(VL)) - m, k1),
-                           BNC_KEEP(BNC_VLOAD(v + 2 * F(VL)) - m, k2),
-                           BNC_KEEP(BNC_VLOAD(v + 3 * F(VL)) - m, k3));
-        }
+    for (int64_t r = 0; r < rows; r++, a += as, b += bs) {
+        for (int64_t i = 0; i < full; i += F(NL))
+            BNC_RS_GROUP(a + i, b + i, 0);
+        if (full < n)
+            BNC_RS_GROUP(a + n - F(NL), b + n - F(NL), 1);
     }
-#undef BNC_KEEP
-#undef BNC_DOTS_GROUP
-    BNC_PFOLD(a, f);
-    BNC_PFOLD(b, h);
-    *sdy = F(dvec_sum)(&a);
-    *sdx = F(dvec_sum)(&b);
+#undef BNC_RS_GROUP
+#undef BNC_RS_ONE
+#undef BNC_RS_KEEP
+    BNC_PFOLD(da, f);
+    *s1 = F(dvec_sum)(&da);
+    if (mode == BNC_RS_DOTS) {
+        BNC_PFOLD(db, h);
+        *s2 = F(dvec_sum)(&db);
+    }
+    (void)h0, (void)h1, (void)h2, (void)h3, (void)s2;
+}
+
+/* The three modes of reg_sums_t, functions of their own (inlined into the
+ * kernels they would lose their registers to the callers' values). */
+BNC_HOT BNC_NOINLINE __attribute__((unused)) static void
+F(dots_sum)(const P *restrict dy, int64_t gs, const P *restrict x, int64_t xs, int64_t rows,
+            int64_t n, P m, double *sdy, double *sdx)
+{
+    F(reg_sums_t)(dy, gs, x, xs, rows, n, 0, m, sdy, sdx, BNC_RS_DOTS);
+}
+BNC_HOT BNC_NOINLINE __attribute__((unused)) static double
+F(sum_r)(const P *restrict x, int64_t xs, int64_t rows, int64_t n, P k)
+{
+    double s;
+    F(reg_sums_t)(x, xs, x, xs, rows, n, k, 0, &s, NULL, BNC_RS_SUM);
+    return s;
+}
+BNC_HOT BNC_NOINLINE __attribute__((unused)) static double
+F(sqdev_r)(const P *restrict x, int64_t xs, int64_t rows, int64_t n, P k, P m)
+{
+    double s;
+    F(reg_sums_t)(x, xs, x, xs, rows, n, k, m, &s, NULL, BNC_RS_SQDEV);
+    return s;
 }
 
 /* Column moments of an interleaved block: `rows` rows of n channels, row r
