@@ -54,8 +54,12 @@ typedef struct {
  * The tail of a run (fewer than NL elements) goes to lanes 0, 1, ... in
  * double directly.
  * These loops are functions of their own: inlined into the large kernels,
- * they lose their registers to the caller's values and spill. */
-#include "rowsums.h" /* sum_p, sqdev_p (and lanes.h) */
+ * they lose their registers to the caller's values and spill.
+ * Blocks whose runs hold NL or more elements use the register-lane sums of
+ * rowsums.h instead (sum_r, sqdev_r, dots_sum: a block's sums come back
+ * folded, and the blocks are added in double in block order); the loops
+ * here take the shorter runs. */
+#include "rowsums.h" /* sum_p, sqdev_p, reg_sums_t (and lanes.h) */
 
 /* The reductions work on P values (see run_* for T), over `rows` runs of n
  * elements, the runs `xs` (and `gs` for dy) elements apart: one call per
