@@ -506,17 +506,23 @@ def test_stats_narrowing_warns_like_numpy():
 LN_SHAPES = [((64, 64), -1), ((3, 5, 8), 1), ((2, 7), 0), ((4, 1), -1), ((16, 384), -1)]
 
 
+def _norm_case(key, shape, dtype, pshape):
+    """x (near 1), dy, and weight/bias of shape pshape in the statistics dtype
+    (float64 for float64 x, else float32); rng keyed by `key`."""
+    rng = rng_for(*key)
+    x = make_x(shape, dtype, rng, loc=1.0)
+    dy = make_x(shape, dtype, rng)
+    sdt = np.float64 if dtype == np.float64 else np.float32
+    return x, dy, (rng.random(pshape) + 0.5).astype(sdt), rng.standard_normal(pshape).astype(sdt)
+
+
 @pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape,axis", LN_SHAPES)
 def test_layer_norm_fast_matches_generic(shape, axis, dtype, rms):
-    rng = rng_for("ln-fast", shape, axis, np.dtype(dtype).name, rms)
-    x = make_x(shape, dtype, rng, loc=1.0)
-    dy = make_x(shape, dtype, rng)
-    norm = shape[axis % len(shape):]
     sdt = np.float64 if dtype == np.float64 else np.float32
-    w = (rng.random(norm) + 0.5).astype(sdt)
-    b = rng.standard_normal(norm).astype(sdt)
+    x, dy, w, b = _norm_case(("ln-fast", shape, axis, np.dtype(dtype).name, rms), shape, dtype,
+                             shape[axis % len(shape):])
     if rms:
         def fwd(ax, out=None):
             return bnc.rms_norm_forward(x, w, axis=ax, out=out, n_threads=1)
@@ -578,13 +584,10 @@ GN_SHAPES = [((2, 8, 5, 5), 1, 4), ((2, 7, 6), -1, 3), ((3, 4), 1, 2), ((2, 3, 4
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape,axis,groups", GN_SHAPES)
 def test_group_norm_fast_matches_generic(shape, axis, groups, dtype):
-    rng = rng_for("gn-fast", shape, axis, np.dtype(dtype).name, groups)
-    x = make_x(shape, dtype, rng, loc=1.0)
-    dy = make_x(shape, dtype, rng)
     C = shape[axis]
     sdt = np.float64 if dtype == np.float64 else np.float32
-    w = (rng.random(C) + 0.5).astype(sdt)
-    b = rng.standard_normal(C).astype(sdt)
+    x, dy, w, b = _norm_case(("gn-fast", shape, axis, np.dtype(dtype).name, groups), shape,
+                             dtype, C)
     inst = groups is None
 
     def fwd(ax, g, out=None):

@@ -1106,6 +1106,18 @@ static void test_stream_loops(void)
     STREAM_CHECK(double, f64);
 }
 
+/* The status and the sums of one exact-sums call (test_exact_grad_sums). */
+static void check_exact_sums(const char *dt, int status, bnc_dims_t d, const double *got_g,
+                             const double *got_gx, const double *want_g, const double *want_gx)
+{
+    CHECK(status == BNC_OK, "exact %s status", dt);
+    for (int64_t c = 0; c < d.channels; c++)
+        CHECK(got_g[c] == want_g[c] && got_gx[c] == want_gx[c],
+              "%s (%lld,%lld,%lld): sums %g %g, want %g %g", dt, (long long)d.outer,
+              (long long)d.channels, (long long)d.inner, got_g[c], got_gx[c], want_g[c],
+              want_gx[c]);
+}
+
 /* Integer data, mean 0 and invstd 1: every partial sum of the backward's
  * reduction is an integer far below 2^24, so sum_dy and sum_dy_xhat must be
  * exact for every inner length (runs shorter and longer than the lanes,
@@ -1139,24 +1151,15 @@ static void test_exact_grad_sums(void)
                 want_gx[c] += gv * xv;
             }
             for (int nt = 1; nt <= 2; nt++) {
-                CHECK(bnc_batchnorm_bwd_reduce_f32(d, gf, s, xf, s, mf, sf, got_g, got_gx, nt) ==
-                          BNC_OK, "exact f32 status");
-                for (int c = 0; c < C; c++)
-                    CHECK(got_g[c] == want_g[c] && got_gx[c] == want_gx[c],
-                          "f32 (%lld,%d,%lld): sums %g %g, want %g %g", (long long)N, C,
-                          (long long)inner[ii], got_g[c], got_gx[c], want_g[c], want_gx[c]);
-                CHECK(bnc_batchnorm_bwd_reduce_f64(d, gd, s, xd, s, md, sd, got_g, got_gx, nt) ==
-                          BNC_OK, "exact f64 status");
-                for (int c = 0; c < C; c++)
-                    CHECK(got_g[c] == want_g[c] && got_gx[c] == want_gx[c],
-                          "f64 (%lld,%d,%lld): sums %g %g, want %g %g", (long long)N, C,
-                          (long long)inner[ii], got_g[c], got_gx[c], want_g[c], want_gx[c]);
-                CHECK(bnc_batchnorm_bwd_reduce_f16(d, gh, s, xh, s, mf, sf, got_g, got_gx, nt) ==
-                          BNC_OK, "exact f16 status");
-                for (int c = 0; c < C; c++)
-                    CHECK(got_g[c] == want_g[c] && got_gx[c] == want_gx[c],
-                          "f16 (%lld,%d,%lld): sums %g %g, want %g %g", (long long)N, C,
-                          (long long)inner[ii], got_g[c], got_gx[c], want_g[c], want_gx[c]);
+                check_exact_sums("f32", bnc_batchnorm_bwd_reduce_f32(d, gf, s, xf, s, mf, sf, got_g,
+                                                                     got_gx, nt),
+                                 d, got_g, got_gx, want_g, want_gx);
+                check_exact_sums("f64", bnc_batchnorm_bwd_reduce_f64(d, gd, s, xd, s, md, sd, got_g,
+                                                                     got_gx, nt),
+                                 d, got_g, got_gx, want_g, want_gx);
+                check_exact_sums("f16", bnc_batchnorm_bwd_reduce_f16(d, gh, s, xh, s, mf, sf, got_g,
+                                                                     got_gx, nt),
+                                 d, got_g, got_gx, want_g, want_gx);
             }
             free(xf);
             free(gf);
