@@ -158,14 +158,8 @@ cdef bint _gn_fast_dims(_GnDims *d, cnp.ndarray a, object num_groups,
     effect) and a plain int num_groups dividing C (None: C); False otherwise."""
     cdef int nd = cnp.PyArray_NDIM(a), i, overflow = 0
     cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
-    if type(channel_axis) is not int:
-        return False
-    cdef long long ax = _as_ll(channel_axis, &overflow)
-    if overflow or ax < -nd or ax >= nd:
-        return False
-    if ax < 0:
-        ax += nd
-    if ax != 1 and ax != nd - 1:
+    cdef int ax = _ln_fast_axis(a, channel_axis)
+    if ax != 1 and ax != nd - 1:  # -1 (not a plain int in range) included
         return False
     d.N, d.C, d.HW = shape[0], shape[ax], 1
     for i in range(1, nd):
