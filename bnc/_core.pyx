@@ -95,8 +95,8 @@ cdef extern from *:
 
 def _set_stream_min_bytes(nbytes):
     """For tests: calls that read and write at least nbytes in all stream
-    their output past the caches (nbytes < 0: the default, the last-level
-    cache's size). Returns the previous threshold."""
+    their output past the caches (nbytes < 0: the default, three quarters of
+    the last-level cache's size). Returns the previous threshold."""
     return bnc_set_stream_min_bytes(nbytes)
 
 

@@ -153,17 +153,20 @@ void bnc_f16_store(bnc_f16_t *dst, const float *src, int64_t n);
 /* Batch norm's float16 elementwise passes in one loop, converting in
  * registers: y = (x - m) * a + s, dx = ((dy - a) - (x - m) * g) * s, in
  * float, the same bits as converting to float, computing and converting
- * back (x and y, dx and dy or x may be the same array). */
-void bnc_f16_norm(bnc_f16_t *y, const bnc_f16_t *x, int64_t n, float m, float a, float s);
+ * back (x and y, dx and dy or x may be the same array). stream: write the
+ * output with streaming stores (see below; the same bits). */
+void bnc_f16_norm(bnc_f16_t *y, const bnc_f16_t *x, int64_t n, float m, float a, float s,
+                  int stream);
 void bnc_f16_grad(bnc_f16_t *dx, const bnc_f16_t *dy, const bnc_f16_t *x, int64_t n, float m,
-                  float a, float g, float s);
+                  float a, float g, float s, int stream);
 /* For tests: the run-time dispatched loops of util.c use at most variant isa
  * (float16: 2 AVX-512, 1 AVX + F16C, 0 portable; streaming stores: >= 1 AVX,
  * 0 SSE2; < 0: the widest the CPU has); returns the previous cap. */
 int bnc_limit_isa(int isa);
 
 /* ---- streaming (non-temporal) stores ----
- * A call whose input and output together exceed the last-level cache gains
+ * A call whose input and output together exceed three quarters of the
+ * last-level cache (the rest is other cores' and programs' share) gains
  * nothing from leaving its output in cache (its first lines are evicted
  * before the call ends, and a consumer reads those first), and an ordinary
  * store first reads each output line from memory. Such calls write the
@@ -173,13 +176,14 @@ int bnc_limit_isa(int isa);
  * stores (so no line is half streamed, and a line shared with a
  * neighbouring run, maybe another thread's, is never streamed). The values
  * are the same bits either way: one rounding per operation, in the order of
- * run_norm's loop. Runs shorter than BNC_STREAM_MIN_RUN bytes, float16 and
- * non-x86 builds store normally. */
+ * run_norm's loop. Runs shorter than BNC_STREAM_MIN_RUN bytes, float16's
+ * channels-last rows and non-x86 builds store normally. */
 #define BNC_STREAM_MIN_RUN 4096
 /* 1 if a call that reads and writes `bytes` in all should stream. */
 int bnc_stream_wanted(int64_t bytes);
 /* For tests: calls of at least `bytes` stream (< 0: back to the default,
- * the last-level cache's size); returns the previous setting. */
+ * three quarters of the last-level cache's size); returns the previous
+ * setting. */
 int64_t bnc_set_stream_min_bytes(int64_t bytes);
 /* Batch norm's normalizing and backward passes (run_norm, grad_p),
  * streaming: y = (x - m) * a + s, dx = ((dy - a) - (x - m) * g) * s over n

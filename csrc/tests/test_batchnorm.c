@@ -819,7 +819,9 @@ static void test_f16_bulk_conversion(void)
 
 /* The float16 passes that convert in registers (bnc_f16_norm, bnc_f16_grad)
  * give the bits of converting, computing in float and converting back, over
- * finite random values (the vector body and an odd tail), in place too. */
+ * finite random values (the vector body and an odd tail), in place too, with
+ * ordinary and with streaming stores (outputs starting anywhere in a line;
+ * runs shorter than the streaming minimum store normally). */
 
 static bnc_f16_t random_finite_half(void)
 {
@@ -833,32 +835,41 @@ static bnc_f16_t random_finite_half(void)
 
 static void test_f16_fused_passes(void)
 {
-    enum { N = 4099 };
-    static bnc_f16_t x[N], dy[N], y[N], dx[N];
+    enum { N = 4099, PAD = 40 };
+    static _Alignas(64) bnc_f16_t x[N], dy[N], y[N + PAD], dx[N + PAD], ey[N], ed[N];
+    static const int64_t ns[] = {N, 2048, 2047, 100};
     const float m = 0.3125f, a = -1.75f, s = 0.0625f, g = 0.4375f, c = -0.125f;
     int bad = 0;
     for (int i = 0; i < N; i++) {
         x[i] = random_finite_half();
         dy[i] = random_finite_half();
-    }
-    bnc_f16_norm(y, x, N, m, a, s);
-    bnc_f16_grad(dx, dy, x, N, m, c, g, s);
-    for (int i = 0; i < N; i++) {
         float xf = bnc_f16_to_f32(x[i]), gf = bnc_f16_to_f32(dy[i]);
-        float yn = (xf - m) * a + s, dn = ((gf - c) - (xf - m) * g) * s;
-        bnc_f16_t wy = bnc_f32_to_f16(yn), wd = bnc_f32_to_f16(dn);
-        bad += isnan(yn) ? !isnan(bnc_f16_to_f32(y[i])) : y[i] != wy;
-        bad += isnan(dn) ? !isnan(bnc_f16_to_f32(dx[i])) : dx[i] != wd;
+        ey[i] = bnc_f32_to_f16((xf - m) * a + s);
+        ed[i] = bnc_f32_to_f16(((gf - c) - (xf - m) * g) * s);
     }
-    CHECK(bad == 0, "float16 passes in registers differ from the staged ones for %d values", bad);
-    memcpy(dx, dy, sizeof dx);
-    bnc_f16_grad(dx, dx, x, N, m, c, g, s); /* dx = dy in place */
-    bnc_f16_grad(y, dy, x, N, m, c, g, s);
-    CHECK(memcmp(dx, y, sizeof dx) == 0, "float16 grad in place differs");
-    memcpy(y, x, sizeof y);
-    bnc_f16_norm(y, y, N, m, a, s);
-    bnc_f16_norm(dx, x, N, m, a, s);
-    CHECK(memcmp(dx, y, sizeof y) == 0, "float16 norm in place differs");
+    for (int stream = 0; stream < 2; stream++)
+        for (int ni = 0; ni < (int)(sizeof ns / sizeof ns[0]); ni++)
+            for (int off = 0; off < PAD; off += stream ? 3 : PAD) {
+                const int64_t n = ns[ni];
+                bnc_f16_t *yo = y + off, *dxo = dx + off;
+                bnc_f16_norm(yo, x, n, m, a, s, stream);
+                bnc_f16_grad(dxo, dy, x, n, m, c, g, s, stream);
+                for (int64_t i = 0; i < n; i++) { /* NaN: any NaN */
+                    bad += (ey[i] & 0x7fff) > 0x7c00 ? (yo[i] & 0x7fff) <= 0x7c00 : yo[i] != ey[i];
+                    bad += (ed[i] & 0x7fff) > 0x7c00 ? (dxo[i] & 0x7fff) <= 0x7c00
+                                                     : dxo[i] != ed[i];
+                }
+                CHECK(bad == 0, "float16 passes in registers (stream %d, n %lld, offset %d) "
+                      "differ from the staged ones for %d values", stream, (long long)n, off,
+                      bad);
+                memcpy(dxo, dy, (size_t)n * sizeof *dy); /* dx = dy in place */
+                bnc_f16_grad(dxo, dxo, x, n, m, c, g, s, stream);
+                memcpy(yo, x, (size_t)n * sizeof *x);
+                bnc_f16_norm(yo, yo, n, m, a, s, stream);
+                CHECK(memcmp(dxo, ed, (size_t)n * sizeof *dy) == 0 &&
+                          memcmp(yo, ey, (size_t)n * sizeof *x) == 0,
+                      "float16 passes in place differ (stream %d)", stream);
+            }
 }
 
 static void test_errors(void)

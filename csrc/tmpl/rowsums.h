@@ -340,13 +340,12 @@ __attribute__((unused)) static void F(first_shift)(const P *x, int64_t rows, int
 /* y = (x - m) * a + s over a run of n values of T, in P (x and y may be the
  * same array): the normalizing pass of batch norm (slab layout) and group
  * norm (NCHW). float16 converts in registers (bnc_f16_norm: the bits of
- * converting, computing in float and converting back); stream: float32 and
- * float64 write y with streaming stores (bnc_stream_norm, the same bits). */
+ * converting, computing in float and converting back); stream: y is written
+ * with streaming stores (bnc_stream_norm, bnc_f16_norm; the same bits). */
 static inline void F(run_norm)(const T *x, T *y, int64_t n, P m, P a, P s, int stream)
 {
 #if STAGED
-    (void)stream;
-    bnc_f16_norm(y, x, n, m, a, s);
+    bnc_f16_norm(y, x, n, m, a, s, stream);
 #else
     if (stream)
         BNC_CAT(bnc_stream_norm_, SFX)(y, x, n, m, a, s);
