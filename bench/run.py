@@ -197,8 +197,9 @@ def _header(bnc, torch_info, ort_info, threads, args):
         "threads": threads,
         "loadavg_start": _loadavg(),
         "l2_model_bytes": args.l2_kib * 1024,
-        "budget_s": args.budget,
-        "max_repeats": args.repeats,
+        "budget_s": args.total_budget,
+        "max_repeats": args.total_repeats,
+        "passes": args.passes,
         "suite": "quick" if args.quick else "full",
     }
     return info
@@ -830,8 +831,11 @@ def print_header(info, args, with_torch, with_ort):
       f"default threads={info['bnc_default_threads']}  ({info['bnc_file']})")
     p(f"  compiler  {info['compiler']} (Python's CC)")
     p(f"  suite     {info['suite']}, threads {info['threads']}, "
-      f"budget {args.budget:g} s per measurement, "
-      f"{MIN_REPEATS}..{max(args.repeats, MIN_REPEATS)} timed repeats after warm-up")
+      f"budget {args.total_budget:g} s per measurement, "
+      f"{MIN_REPEATS}..{args.repeats} timed repeats after warm-up"
+      + (f", in each of {args.passes} passes over the suite (a row's samples "
+         "from every pass, so a burst of load hits one pass of it)"
+         if args.passes > 1 else ""))
     p("Columns: times in ms (median and min over repeats; sub-ms calls are "
       "looped and averaged per sample).")
     p("  bnc: n_threads=thr.  np: the usual NumPy code, single-threaded, "
@@ -865,7 +869,10 @@ def print_header(info, args, with_torch, with_ort):
 # main loop
 
 def run_case(case, ops, threads, bnc, torch, ort, args, table, records,
-             problems):
+             problems, first_pass=True):
+    """Time one case's rows and append them to records (printing each to
+    table, unless table is None). first_pass=False (the later passes of
+    --passes): timings only, no float64 checks and no memory measurement."""
     tc = TorchCase(torch, case) if torch is not None else None
     l2 = args.l2_kib * 1024
     caselabel = f"{case.label_shape} {case.layout} {case.dtype.name}"
@@ -896,8 +903,8 @@ def run_case(case, ops, threads, bnc, torch, ort, args, table, records,
     for op in expanded:
         factor = case.traffic_factor(op, l2)
         tol = TOL[case.dtype.name]
-        ref = None if args.no_check else guarded(lambda: reference(case, op),
-                                                 f"{op} float64 reference")
+        ref = (None if args.no_check or not first_pass else
+               guarded(lambda: reference(case, op), f"{op} float64 reference"))
 
         def check(who, result, row):
             """Record (and, for bnc, report beyond tol) a result's error."""
@@ -919,7 +926,7 @@ def run_case(case, ops, threads, bnc, torch, ort, args, table, records,
                    "nbytes": case.nbytes, "traffic_factor": factor,
                    "model_bytes": factor * case.nbytes,
                    "channel_footprint_bytes": case.channel_footprint()}
-            copy_gbs = copy_bandwidth(case.nbytes, min(args.budget, 0.5), n)
+            copy_gbs = copy_bandwidth(case.nbytes, min(args.total_budget, 0.5), n)
             row["copy_GBs"] = copy_gbs
             # The callables timed together (interleaved) on this row. NumPy
             # is single-threaded: timed once, with the first thread count.
@@ -960,8 +967,9 @@ def run_case(case, ops, threads, bnc, torch, ort, args, table, records,
                     tmp = {"threads": n}
                     check("numpy", first, tmp)
                     np_err = tmp.get("numpy_rel_err")
-                    mem_np = guarded(lambda: peak_extra_bytes(fns["numpy"]),
-                                     f"{op} numpy memory")
+                    if first_pass:
+                        mem_np = guarded(lambda: peak_extra_bytes(fns["numpy"]),
+                                         f"{op} numpy memory")
                 del first
             row["numpy"], row["numpy_rel_err"] = np_stats, np_err
 
@@ -972,8 +980,9 @@ def run_case(case, ops, threads, bnc, torch, ort, args, table, records,
                     check("bnc", out, row)
                     # copies: infer:out returns its reused out= array
                     bnc_first = (n, [a.copy() for a in out])
-                    mem_bnc = guarded(lambda: peak_extra_bytes(fns["bnc"]),
-                                      f"{op} bnc memory")
+                    if first_pass:
+                        mem_bnc = guarded(lambda: peak_extra_bytes(fns["bnc"]),
+                                          f"{op} bnc memory")
                 else:
                     same = _same_bits(out, bnc_first[1])
                     row["bnc_bitwise_same_as_threads_" + str(bnc_first[0])] = same
@@ -1000,31 +1009,68 @@ def run_case(case, ops, threads, bnc, torch, ort, args, table, records,
                 check("ort", [oout], row)
             del tout, oout, fns, res
 
-            # derived numbers
-            b = row["bnc"]
-            ok = b is not None and "error" not in b
-            row["bnc_GBs"] = (factor * case.nbytes / (b["min_ms"] * 1e-3) / 1e9
-                              if ok else None)
-            row["pct_copy"] = (100 * row["bnc_GBs"] / copy_gbs if ok else None)
-
-            def speedup(other):
-                o = row[other]
-                if not ok or o is None or "error" in o:
-                    return None
-                return o["median_ms"] / b["median_ms"]
-            row["speedup_vs_numpy"] = speedup("numpy")
-            row["speedup_vs_torch"] = speedup("torch")
-            row["speedup_vs_ort"] = speedup("ort")
             row["mem_bnc_bytes"] = mem_bnc
             row["mem_numpy_bytes"] = mem_np
             row["mem_bnc_x"] = None if mem_bnc is None else mem_bnc / case.nbytes
             row["mem_numpy_x"] = None if mem_np is None else mem_np / case.nbytes
+            derive(row)
             records.append(row)
-            print(table.row(row), flush=True)
+            if table is not None:
+                print(table.row(row), flush=True)
         del ref, bnc_first
         gc.collect()
     del oc
-    print(flush=True)
+    if table is not None:
+        print(flush=True)
+
+
+LIBS = ("numpy", "bnc", "torch", "ort")
+
+
+def derive(row):
+    """The numbers computed from a row's timings: bnc's GB/s under the
+    traffic model, its percent of the copy bandwidth, the speed-ups."""
+    b = row["bnc"]
+    ok = b is not None and "error" not in b
+    row["bnc_GBs"] = (row["model_bytes"] / (b["min_ms"] * 1e-3) / 1e9
+                      if ok else None)
+    row["pct_copy"] = (100 * row["bnc_GBs"] / row["copy_GBs"] if ok else None)
+    for other in LIBS[0], LIBS[2], LIBS[3]:
+        o = row[other]
+        row["speedup_vs_" + other] = (
+            None if not ok or o is None or "error" in o
+            else o["median_ms"] / b["median_ms"])
+
+
+def _row_key(r):
+    return (r["op"], r["shape"], r["layout"], r["dtype"], r["threads"])
+
+
+def merge_passes(passes):
+    """One list of rows from the rows of every pass (--passes): each
+    library's samples of a row from all passes together, their median and
+    min, and the derived numbers again; the rest (checks, memory) from the
+    first pass. A row or a library that failed in a pass keeps the samples
+    of the passes where it ran."""
+    later = [{_row_key(r): r for r in rows} for rows in passes[1:]]
+    merged = []
+    for row in passes[0]:
+        row = dict(row)
+        for lib in LIBS:
+            st = row.get(lib)
+            if st is None or "error" in st:
+                continue
+            ms, n = list(st["samples_ms"]), 1
+            for rows in later:
+                o = rows.get(_row_key(row), {}).get(lib)
+                if o is not None and "error" not in o:
+                    ms += o["samples_ms"]
+                    n += 1
+            row[lib] = dict(st, median_ms=float(np.median(ms)), min_ms=min(ms),
+                            repeats=len(ms), samples_ms=ms, passes=n)
+        derive(row)
+        merged.append(row)
+    return merged
 
 
 # --------------------------------------------------------------------------
@@ -1206,6 +1252,12 @@ def parse_args(argv):
     p.add_argument("--budget", type=float, default=None,
                    help="seconds per measurement that set the repeat count "
                         "(default 0.4, --quick 0.1)")
+    p.add_argument("--passes", type=int, default=None,
+                   help="times the suite is run, each row's samples merged "
+                        "across the passes (default 3, --quick 1): a phase of "
+                        "load from other processes then hits one pass of a "
+                        "row, not all its samples; budget and repeats are "
+                        "split between the passes")
     p.add_argument("--json", metavar="PATH", help="write raw results as JSON")
     p.add_argument("--plot", metavar="PATH",
                    help="write a PNG bar chart of the speedups (needs matplotlib)")
@@ -1241,6 +1293,14 @@ def parse_args(argv):
         args.repeats = MIN_REPEATS
     if args.budget is None:
         args.budget = 0.1 if args.quick else 0.4
+    if args.passes is None:
+        args.passes = 1 if args.quick else 3
+    if args.passes < 1:
+        p.error("--passes: must be >= 1")
+    # the budget and the repeats of a measurement, per pass
+    args.total_budget, args.total_repeats = args.budget, args.repeats
+    args.budget /= args.passes
+    args.repeats = max(MIN_REPEATS, -(-args.repeats // args.passes))
     return args
 
 
@@ -1266,14 +1326,32 @@ def main(argv=None):
     print(table.head(), flush=True)
 
     suite = QUICK_SUITE if args.quick else FULL_SUITE
-    records, problems = [], []
+    passes, problems = [], []
     t_start = time.perf_counter()
-    for shape, layout, dtype in suite:
-        case = Case(shape, layout, dtype)
-        run_case(case, args.ops, args.threads, bnc, torch, ort, args, table,
-                 records, problems)
-        del case
-        gc.collect()
+    for k in range(args.passes):
+        # One pass prints its rows as they come; with several, the table is
+        # printed once the passes are merged.
+        live = table if args.passes == 1 else None
+        if args.passes > 1:
+            print(f"pass {k + 1}/{args.passes} ({time.perf_counter() - t_start:.0f} s)",
+                  file=sys.stderr, flush=True)
+        records = []
+        for shape, layout, dtype in suite:
+            case = Case(shape, layout, dtype)
+            run_case(case, args.ops, args.threads, bnc, torch, ort, args, live,
+                     records, problems, first_pass=k == 0)
+            del case
+            gc.collect()
+        passes.append(records)
+    records = merge_passes(passes) if args.passes > 1 else passes[0]
+    if args.passes > 1:
+        last = None
+        for r in records:
+            if last is not None and r["shape"] + r["layout"] + r["dtype"] != last:
+                print()
+            last = r["shape"] + r["layout"] + r["dtype"]
+            print(table.row(r))
+        print(flush=True)
     elapsed = time.perf_counter() - t_start
 
     info["loadavg_end"] = _loadavg()
