@@ -292,21 +292,13 @@ static int64_t llc_bytes(void)
     return best > 0 ? best : (int64_t)32 << 20;
 }
 
-/* The default threshold: three quarters of the last-level cache. The cache
- * is shared with the other cores and whatever else runs; measured on the
- * project's machine (32 MiB reported), batch norm's training forward and
- * backward from 12.8 MB of input and output in all were faster with
- * ordinary stores, from 25.7 MB faster streamed (by 15-44%), at 19.3 MB
- * either way by thread count. */
-static int64_t default_stream_bytes(void) { return llc_bytes() / 4 * 3; }
-
 static int64_t stream_min_bytes = -1; /* < 0: not yet read; see bnc_set_stream_min_bytes */
 
 static int64_t stream_threshold(void)
 {
     int64_t t = __atomic_load_n(&stream_min_bytes, __ATOMIC_RELAXED);
     if (t < 0) {
-        t = default_stream_bytes();
+        t = llc_bytes();
         __atomic_store_n(&stream_min_bytes, t, __ATOMIC_RELAXED);
     }
     return t;
@@ -317,8 +309,7 @@ int bnc_stream_wanted(int64_t bytes) { return bytes >= stream_threshold(); }
 int64_t bnc_set_stream_min_bytes(int64_t bytes)
 {
     int64_t old = stream_threshold();
-    __atomic_store_n(&stream_min_bytes, bytes < 0 ? default_stream_bytes() : bytes,
-                     __ATOMIC_RELAXED);
+    __atomic_store_n(&stream_min_bytes, bytes < 0 ? llc_bytes() : bytes, __ATOMIC_RELAXED);
     return old;
 }
 

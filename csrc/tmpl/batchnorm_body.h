@@ -1126,7 +1126,7 @@ static int F(fwd_train)(bnc_dims_t d, const T *x, bnc_strides_t xs, const P *wei
     k.out = y;
     k.os = ys;
     k.packed = bnc_packable(&k.plan, xs, xs, ys);
-    k.stream = bnc_stream_wanted(2 * (int64_t)sizeof(T) * d.outer * d.channels * d.inner);
+    k.stream = bnc_stream_wanted(3 * (int64_t)sizeof(T) * d.outer * d.channels * d.inner);
     k.res = res;
     k.rs = rs;
     k.relu = relu;
@@ -1302,7 +1302,7 @@ static int F(bwd_fused)(int train, bnc_dims_t d, const T *dy, bnc_strides_t dys,
     k.out = dx;
     k.os = dxs;
     k.packed = !mode && k.packed && (!dx || bnc_packable(&k.plan, xs, dys, dxs));
-    k.stream = bnc_stream_wanted(3 * (int64_t)sizeof(T) * d.outer * d.channels * d.inner);
+    k.stream = bnc_stream_wanted(5 * (int64_t)sizeof(T) * d.outer * d.channels * d.inner);
     k.yact = y;
     k.yas = ys;
     k.relu = relu;

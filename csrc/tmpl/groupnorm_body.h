@@ -502,7 +502,7 @@ static int F(gn_forward)(int64_t N, int64_t C, int64_t HW, int64_t G, int channe
     k.bias = bias;
     k.eps = eps;
     k.y = y;
-    k.stream = bnc_stream_wanted(2 * (int64_t)sizeof(T) * N * C * HW);
+    k.stream = bnc_stream_wanted(3 * (int64_t)sizeof(T) * N * C * HW); /* x read twice */
     k.save_mean = save_mean;
     k.save_invstd = save_invstd;
     k.save_var = save_var;
