@@ -120,7 +120,7 @@ extension = Extension(
     "bnc._core",
     sources=["bnc/_core.pyx"] + C_SOURCES,
     include_dirs=["csrc/include", "csrc", np.get_include()],
-    depends=C_HEADERS + ["bnc/_cbnc.pxd"],
+    depends=C_HEADERS + ["bnc/_cbnc.pxd", "bnc/_outcache.h"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
 )
 

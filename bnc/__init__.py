@@ -61,6 +61,7 @@ from bnc.layernorm import (
 )
 from bnc import distributed  # noqa: E402 (imports mpi4py only when used)
 from bnc.threads import get_num_threads, num_threads, openmp_enabled, set_num_threads
+from bnc._core import output_like, set_output_cache
 from bnc import layers  # noqa: E402  (built on the functions above)
 
 __version__ = "0.1.0"
@@ -104,6 +105,8 @@ __all__ = [
     "set_num_threads",
     "num_threads",
     "openmp_enabled",
+    "set_output_cache",
+    "output_like",
     "get_include",
     "get_library_dir",
     "extension_kwargs",

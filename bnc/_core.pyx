@@ -95,8 +95,8 @@ cdef extern from *:
 
 def _set_stream_min_bytes(nbytes):
     """For tests: calls that read and write at least nbytes in all stream
-    their output past the caches (nbytes < 0: the default, three quarters of
-    the last-level cache's size). Returns the previous threshold."""
+    their output past the caches (nbytes < 0: the default, the last-level
+    cache's size). Returns the previous threshold."""
     return bnc_set_stream_min_bytes(nbytes)
 
 
@@ -465,7 +465,7 @@ cdef class _View:
         off = self.layout.fit(a, s)
         if off is not None:
             return a, off
-        b = np.empty_like(self.x)
+        b = _output_like(self.x)
         np.copyto(b, a)
         return b, self.layout.fit(b, s)
 
@@ -474,7 +474,7 @@ cdef class _View:
         off = self.layout.fit(out, s)
         if off is not None:
             return out, off
-        return self.like_x(np.empty_like(self.x), s)
+        return self.like_x(_output_like(self.x), s)
 
 
 cdef inline void *_ptr(object a):
@@ -817,7 +817,7 @@ cdef tuple _forward_raw(x, weight, bias, mean, var, eps, channel_axis, out, n_th
     cdef bnc_dims_t d = v.layout.d
     cdef bnc_strides_t ys
     cdef bnc_strides_t rs = v.xs
-    y = np.empty_like(x) if out is None else out
+    y = _output_like(x) if out is None else out
     target, yoff = v.target(y, &ys)
     roff = yoff
     if residual is not None:
@@ -944,18 +944,18 @@ def batch_norm_backward_raw(grad_out, x, weight, mean, invstd, channel_axis,
             dy = np.where(y <= 0, np.zeros((), xdt), dy)
             act = BNC_ACT_NONE
         if residual:
-            dres = np.empty_like(x)
+            dres = _output_like(x)
             np.copyto(dres, dy)
             residual = False
     dy, dyoff = v.like_x(dy, &dys)
     yss = dys
     if act == BNC_ACT_RELU:
         y, yoff = v.like_x(y, &yss)
-    dx = np.empty_like(x) if out is None else out
+    dx = _output_like(x) if out is None else out
     target, dxoff = v.target(dx, &dxs)
     drs = dxs
     if residual:
-        dres = np.empty_like(x)
+        dres = _output_like(x)
         dres_t, droff = v.target(dres, &drs)
     sdt = stat_dtype(xdt)
     if v.npieces > 1 and use_batch_stats:
@@ -1124,7 +1124,7 @@ def batch_norm_backward_elemt(grad_out, x, weight, mean, invstd, sum_dy, sum_dy_
     cdef _View v = _View(x, axis)
     cdef bnc_strides_t dys, dxs
     dy, dyoff = v.like_x(dy, &dys)
-    dx = np.empty_like(x) if out is None else out
+    dx = _output_like(x) if out is None else out
     target, dxoff = v.target(dx, &dxs)
     _bwd_elemt_pieces(v, dy, dyoff, dys, weight, mean, invstd, sum_dy, sum_dy_xhat, n,
                       target, dxoff, dxs, nt)
@@ -1156,6 +1156,76 @@ ctypedef object (*_newfunc)(PyTypeObject *, object, PyObject *)
 cdef extern from "numpy/arrayobject.h":
     # np.empty_like(a): the layout and dtype of a (descr NULL)
     object _empty_like "PyArray_NewLikeArray"(cnp.ndarray, cnp.NPY_ORDER, void *, int)
+    # the data allocator of the arrays created next in this context (returns the old)
+    object PyDataMem_SetHandler(object)
+
+cdef extern from "_outcache.h":
+    # keeps the memory of large freed outputs for the next ones (see the file)
+    object bnc_outcache_capsule()
+    int64_t bnc_outcache_set_limit(int64_t)
+    int64_t bnc_outcache_set_min(int64_t)
+    int64_t bnc_outcache_held()
+    size_t _outcache_min "bnc_outcache.min"
+    size_t _outcache_limit "bnc_outcache.limit"
+
+cdef object _outcache_handler = bnc_outcache_capsule()
+
+
+cdef object _output(cnp.ndarray a, int subok, object shape, object dtype):
+    """A new output array: np.empty_like(a) (subok as np.empty_like's), or
+    with shape given, np.empty(shape, dtype). One of at least the output
+    cache's minimum size comes through the cache (see _outcache.h): its
+    memory is then reused by the next such output once this one is freed."""
+    cdef Py_ssize_t nbytes
+    if shape is None:
+        nbytes = cnp.PyArray_NBYTES(a)
+    else:  # the shape of an existing array: the product fits
+        nbytes = np.dtype(dtype).itemsize
+        for n in shape:
+            nbytes *= n
+    if _outcache_limit == 0 or <size_t>nbytes < _outcache_min:
+        if shape is None:
+            return _empty_like(a, cnp.NPY_KEEPORDER, NULL, subok)
+        return np.empty(shape, dtype)
+    old = PyDataMem_SetHandler(_outcache_handler)
+    try:
+        if shape is None:
+            return _empty_like(a, cnp.NPY_KEEPORDER, NULL, subok)
+        return np.empty(shape, dtype)
+    finally:
+        PyDataMem_SetHandler(old)
+
+
+cdef inline object _output_like(object a):
+    """np.empty_like(a), through the output cache when large."""
+    return _output(<cnp.ndarray>a, 1, None, None)
+
+
+def output_like(a):
+    """np.empty_like(a) for an output of bnc (a: an ndarray), through bnc's
+    cache of large outputs' memory (see set_output_cache)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"a must be a numpy.ndarray, got {type(a).__name__}")
+    return _output_like(a)
+
+
+def set_output_cache(max_bytes):
+    """Sets how many bytes of freed outputs bnc keeps for later outputs
+    (0: none, releasing what is kept) and returns the previous setting."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
+        raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+    if max_bytes > INT64_MAX:
+        raise ValueError(f"max_bytes must fit in int64, got {max_bytes}")
+    return bnc_outcache_set_limit(max_bytes)
+
+
+def _output_cache_state(min_bytes=None):
+    """For tests: (bytes held, minimum output size cached); min_bytes sets
+    that minimum (the previous one is returned)."""
+    old = bnc_outcache_set_min(-1 if min_bytes is None else min_bytes)
+    return bnc_outcache_held(), old
 
 
 # Python objects of bnc.batchnorm, registered at its import (see register_api)
@@ -1316,7 +1386,7 @@ cdef object _fwd_run(_Fast *k, object x, object weight, object bias, object mean
     """The forward kernel on an accepted call: training (batch statistics,
     written to sm, si, sv when not None) if mean is None, else inference."""
     global _n_fast
-    y = _empty_like(<cnp.ndarray>x, cnp.NPY_KEEPORDER, NULL, 0) if out is None else out
+    y = _output(<cnp.ndarray>x, 0, None, None) if out is None else out
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
     cdef void *pw = _ptr_or_null(weight)
@@ -1688,7 +1758,7 @@ def batch_norm_backward_fast(grad_out, x, weight, saved, channel_axis, use_batch
     if out is not None and not (_apart(out, grad_out) and _apart(out, weight)
                                 and _apart(out, mean) and _apart(out, invstd)):
         return None
-    dx = _empty_like(<cnp.ndarray>x, cnp.NPY_KEEPORDER, NULL, 0) if out is None else out
+    dx = _output(<cnp.ndarray>x, 0, None, None) if out is None else out
     dw, db = _stat_empty(&k), _stat_empty(&k)
     cdef void *pdy = _ptr(grad_out)
     cdef void *px = _ptr(x)

@@ -203,7 +203,7 @@ cdef object _gn_fwd_fast(object x, object num_groups, object weight, object bias
         return None
     cdef bint inst = num_groups is None
     sd[0], sd[1] = d.N, d.G
-    y = _empty_like(a, cnp.NPY_KEEPORDER, NULL, 0) if o == 0 else out
+    y = _output(a, 0, None, None) if o == 0 else out
     mean = cnp.PyArray_EMPTY(2, sd, ptype, 0)
     invstd = cnp.PyArray_EMPTY(2, sd, ptype, 0)
     var = cnp.PyArray_EMPTY(2, sd, ptype, 0) if inst else None
@@ -242,7 +242,7 @@ cdef object _gn_bwd_fast(object grad_out, object x, object num_groups, object we
             _apart(out, grad_out) and _apart(out, weight) and _apart(out, mean)
             and _apart(out, invstd))):
         return None
-    dx = _empty_like(a, cnp.NPY_KEEPORDER, NULL, 0) if o == 0 else out
+    dx = _output(a, 0, None, None) if o == 0 else out
     dweight = cnp.PyArray_EMPTY(1, &c, ptype, 0)
     dbias = cnp.PyArray_EMPTY(1, &c, ptype, 0)
     _check(_gn_bwd_call(isz, num_groups is None, d.N, d.C, d.HW, d.G, d.cl, _ptr(grad_out),
@@ -272,7 +272,7 @@ cdef tuple _gn_forward(x, num_groups, weight, bias, channel_axis, eps, out, n_th
                                                         np.may_share_memory(out, xc)):
         y = out
     else:
-        y = np.empty(x.shape, xdt)
+        y = _output(None, 0, x.shape, xdt)
     sdt = stat_dtype(xdt)
     mean = np.empty((N, G), sdt)
     invstd = np.empty((N, G), sdt)
@@ -338,7 +338,7 @@ cdef tuple _gn_backward(grad_out, x, num_groups, weight, mean, invstd, bint inpu
                                      (mean, "saved.mean"), (invstd, "saved.invstd")], None)
     xc = _c_aligned(x)
     dyc = _c_aligned(dy)
-    dx = out if _writable_in_place(out) else np.empty(x.shape, xdt)
+    dx = out if _writable_in_place(out) else _output(None, 0, x.shape, xdt)
     sdt = stat_dtype(xdt)
     dweight = np.empty((C,), sdt)
     dbias = np.empty((C,), sdt)

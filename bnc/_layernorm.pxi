@@ -158,7 +158,7 @@ cdef object _ln_fwd_fast(object x, object weight, object bias, object axis, obje
         rows *= shape[i]
     for i in range(ax, nd):
         D *= shape[i]
-    y = _empty_like(a, cnp.NPY_KEEPORDER, NULL, 0) if o == 0 else out
+    y = _output(a, 0, None, None) if o == 0 else out
     mean = None if rms else cnp.PyArray_EMPTY(ax, shape, ptype, 0)
     invstd = cnp.PyArray_EMPTY(ax, shape, ptype, 0)
     _check(_ln_fwd_call(isz, rms, rows, D, _ptr(x), _ptr_or_null(weight),
@@ -196,7 +196,7 @@ cdef object _ln_bwd_fast(object grad_out, object x, object weight, object mean,
         rows *= shape[i]
     for i in range(ax, nd):
         D *= shape[i]
-    dx = _empty_like(a, cnp.NPY_KEEPORDER, NULL, 0) if o == 0 else out
+    dx = _output(a, 0, None, None) if o == 0 else out
     dweight = cnp.PyArray_EMPTY(nd - ax, shape + ax, ptype, 0)
     dbias = None if rms else cnp.PyArray_EMPTY(nd - ax, shape + ax, ptype, 0)
     _check(_ln_bwd_call(isz, rms, rows, D, _ptr(grad_out), _ptr(x), _ptr_or_null(weight),
@@ -287,7 +287,7 @@ def layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, bint rms)
                                                         np.may_share_memory(out, xc)):
         y = out
     else:
-        y = np.empty(x.shape, xdt)
+        y = _output(None, 0, x.shape, xdt)
     mean = None if rms else np.empty(lead, sdt)
     invstd = np.empty(lead, sdt)
     cdef void *px = _ptr(xc)
@@ -301,7 +301,7 @@ def layer_norm_forward_raw(x, weight, bias, axis, eps, out, n_threads, bint rms)
         np.copyto(out, y)
         y = out
     elif out is None and not x.flags.c_contiguous:
-        res = np.empty_like(x)
+        res = _output_like(x)
         if not res.flags.c_contiguous:
             np.copyto(res, y)
             y = res
@@ -350,7 +350,7 @@ def layer_norm_backward_raw(grad_out, x, weight, mean, invstd, axis, out, n_thre
         rows *= s
     xc = _c_aligned(x)
     dyc = _c_aligned(dy)
-    dx = out if _writable_in_place(out) else np.empty(x.shape, xdt)
+    dx = out if _writable_in_place(out) else _output(None, 0, x.shape, xdt)
     sdt = stat_dtype(xdt)
     dweight = np.empty(norm, sdt)
     dbias = None if rms else np.empty(norm, sdt)
@@ -367,7 +367,7 @@ def layer_norm_backward_raw(grad_out, x, weight, mean, invstd, axis, out, n_thre
         np.copyto(out, dx)
         dx = out
     elif out is None and not x.flags.c_contiguous:
-        res = np.empty_like(x)
+        res = _output_like(x)
         if not res.flags.c_contiguous:
             np.copyto(res, dx)
             dx = res
