@@ -830,12 +830,15 @@ def print_header(info, args, with_torch, with_ort):
     p(f"  bnc       {info['bnc']}  openmp_enabled={info['bnc_openmp']}  "
       f"default threads={info['bnc_default_threads']}  ({info['bnc_file']})")
     p(f"  compiler  {info['compiler']} (Python's CC)")
-    p(f"  suite     {info['suite']}, threads {info['threads']}, "
-      f"budget {args.total_budget:g} s per measurement, "
-      f"{MIN_REPEATS}..{args.repeats} timed repeats after warm-up"
-      + (f", in each of {args.passes} passes over the suite (a row's samples "
-         "from every pass, so a burst of load hits one pass of it)"
-         if args.passes > 1 else ""))
+    if args.passes > 1:
+        p(f"  suite     {info['suite']}, threads {info['threads']}, {args.passes} passes "
+          f"over the suite, a row's samples merged from all (a burst of load hits one "
+          f"pass of it); per pass: budget {args.budget:.3g} s per measurement, "
+          f"{MIN_REPEATS}..{args.repeats} timed repeats after warm-up")
+    else:
+        p(f"  suite     {info['suite']}, threads {info['threads']}, "
+          f"budget {args.budget:g} s per measurement, "
+          f"{MIN_REPEATS}..{args.repeats} timed repeats after warm-up")
     p("Columns: times in ms (median and min over repeats; sub-ms calls are "
       "looped and averaged per sample).")
     p("  bnc: n_threads=thr.  np: the usual NumPy code, single-threaded, "
