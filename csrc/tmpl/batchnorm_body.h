@@ -619,42 +619,38 @@ BNC_HOT static void F(packed_grad)(const F(ctx_t) *k, int64_t r0, int64_t r1, co
 {
     const int64_t C = k->plan.channels, L = bnc_pack_lanes(C, r1 - r0), len = (r1 - r0) * C;
     const T *restrict xb = k->x + r0 * C, *restrict gb = k->dy + r0 * C;
-    double la[BNC_PACK];
+    double la[BNC_PACK], lb[BNC_PACK];
     P e[BNC_PACK];
     int64_t i, j;
     for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
         for (int64_t c = 0; c < C; c++, j++) {
-            la[j] = 0;
+            la[j] = lb[j] = 0;
             e[j] = k->mean_in[c];
         }
-    for (i = 0; i + 8 * L <= len; i += 8 * L)
-        for (j = 0; j < L; j++) {
-            const T *g = gb + i + j;
-            la[j] += (double)F(tree8)(LOAD(g[0]), LOAD(g[L]), LOAD(g[2 * L]), LOAD(g[3 * L]),
-                                      LOAD(g[4 * L]), LOAD(g[5 * L]), LOAD(g[6 * L]),
-                                      LOAD(g[7 * L]));
-        }
-    for (j = 0; i < len; i++, j = j + 1 < L ? j + 1 : 0)
-        la[j] += (double)LOAD(gb[i]);
-    for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
-        for (int64_t c = 0; c < C; c++, j++) {
-            sdy[c] += la[j];
-            la[j] = 0;
-        }
+    /* both sums in one pass: each lane adds the same terms in the same order
+     * as two passes would */
     for (i = 0; i + 8 * L <= len; i += 8 * L)
         for (j = 0; j < L; j++) {
             const T *g = gb + i + j, *q = xb + i + j;
-            la[j] += (double)F(tree8)(
-                LOAD(g[0]) * (LOAD(q[0]) - e[j]), LOAD(g[L]) * (LOAD(q[L]) - e[j]),
-                LOAD(g[2 * L]) * (LOAD(q[2 * L]) - e[j]), LOAD(g[3 * L]) * (LOAD(q[3 * L]) - e[j]),
-                LOAD(g[4 * L]) * (LOAD(q[4 * L]) - e[j]), LOAD(g[5 * L]) * (LOAD(q[5 * L]) - e[j]),
-                LOAD(g[6 * L]) * (LOAD(q[6 * L]) - e[j]), LOAD(g[7 * L]) * (LOAD(q[7 * L]) - e[j]));
+            const P g0 = LOAD(g[0]), g1 = LOAD(g[L]), g2 = LOAD(g[2 * L]), g3 = LOAD(g[3 * L]);
+            const P g4 = LOAD(g[4 * L]), g5 = LOAD(g[5 * L]), g6 = LOAD(g[6 * L]);
+            const P g7 = LOAD(g[7 * L]);
+            la[j] += (double)F(tree8)(g0, g1, g2, g3, g4, g5, g6, g7);
+            lb[j] += (double)F(tree8)(
+                g0 * (LOAD(q[0]) - e[j]), g1 * (LOAD(q[L]) - e[j]), g2 * (LOAD(q[2 * L]) - e[j]),
+                g3 * (LOAD(q[3 * L]) - e[j]), g4 * (LOAD(q[4 * L]) - e[j]),
+                g5 * (LOAD(q[5 * L]) - e[j]), g6 * (LOAD(q[6 * L]) - e[j]),
+                g7 * (LOAD(q[7 * L]) - e[j]));
         }
-    for (j = 0; i < len; i++, j = j + 1 < L ? j + 1 : 0)
-        la[j] += (double)LOAD(gb[i]) * ((double)LOAD(xb[i]) - md[j % C]);
+    for (j = 0; i < len; i++, j = j + 1 < L ? j + 1 : 0) {
+        la[j] += (double)LOAD(gb[i]);
+        lb[j] += (double)LOAD(gb[i]) * ((double)LOAD(xb[i]) - md[j % C]);
+    }
     for (j = 0; j < L;) /* lane j = q * C + c holds channel c */
-        for (int64_t c = 0; c < C; c++, j++)
-            sdyx[c] += la[j];
+        for (int64_t c = 0; c < C; c++, j++) {
+            sdy[c] += la[j];
+            sdyx[c] += lb[j];
+        }
     if (k->write_in_reduce) {
         T *restrict db = k->out + r0 * C;
         P ea[BNC_PACK];
