@@ -214,6 +214,7 @@ def _sample(fn, inner):
         t0 = pc()
         fn()
         return pc() - t0
+    fn()    # untimed: the sample starts warm, whatever ran before it
     t0 = pc()
     for _ in range(inner):
         fn()
@@ -225,7 +226,9 @@ def time_calls(fns, max_repeats, budget):
 
     fns: {name: callable}. Each is warmed up (one call, two if it takes
     under 0.25 s); calls shorter than MIN_SAMPLE_S are looped `inner` times
-    per sample and the sample divided by `inner`. Each gets the number of
+    per sample, after one untimed call (so that the sample does not start
+    in the caches the previous callable left), and the sample divided by
+    `inner`. Each gets the number of
     samples that fills about `budget` seconds, clamped to
     [MIN_REPEATS, max_repeats]. The samples are taken round-robin (one of
     each callable per round), so a burst of load from other processes hits
@@ -840,7 +843,7 @@ def print_header(info, args, with_torch, with_ort):
           f"budget {args.budget:g} s per measurement, "
           f"{MIN_REPEATS}..{args.repeats} timed repeats after warm-up")
     p("Columns: times in ms (median and min over repeats; sub-ms calls are "
-      "looped and averaged per sample).")
+      "looped and averaged per sample, after one untimed call).")
     p("  bnc: n_threads=thr.  np: the usual NumPy code, single-threaded, "
       "measured once per case (same value on each thr row).")
     if with_torch:
