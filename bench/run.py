@@ -1041,7 +1041,7 @@ def derive(row):
     row["bnc_GBs"] = (row["model_bytes"] / (b["min_ms"] * 1e-3) / 1e9
                       if ok else None)
     row["pct_copy"] = (100 * row["bnc_GBs"] / row["copy_GBs"] if ok else None)
-    for other in LIBS[0], LIBS[2], LIBS[3]:
+    for other in ("numpy", "torch", "ort"):
         o = row[other]
         row["speedup_vs_" + other] = (
             None if not ok or o is None or "error" in o
@@ -1356,6 +1356,7 @@ def main(argv=None):
             gc.collect()
         passes.append(records)
     records = merge_passes(passes) if args.passes > 1 else passes[0]
+    problems = list(dict.fromkeys(problems))   # once, whichever passes hit it
     if args.passes > 1:
         last = None
         for r in records:

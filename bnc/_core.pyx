@@ -1183,17 +1183,16 @@ cdef object _output(cnp.ndarray a, int subok, object shape, object dtype):
         nbytes = np.dtype(dtype).itemsize
         for n in shape:
             nbytes *= n
-    if _outcache_limit == 0 or <size_t>nbytes < _outcache_min:
-        if shape is None:
-            return _empty_like(a, cnp.NPY_KEEPORDER, NULL, subok)
-        return np.empty(shape, dtype)
-    old = PyDataMem_SetHandler(_outcache_handler)
+    old = None
+    if _outcache_limit != 0 and <size_t>nbytes >= _outcache_min:
+        old = PyDataMem_SetHandler(_outcache_handler)
     try:
         if shape is None:
             return _empty_like(a, cnp.NPY_KEEPORDER, NULL, subok)
         return np.empty(shape, dtype)
     finally:
-        PyDataMem_SetHandler(old)
+        if old is not None:
+            PyDataMem_SetHandler(old)
 
 
 cdef inline object _output_like(object a):
