@@ -324,6 +324,39 @@ def test_channels_last_moments_follow_the_data(dtype, kind):
     assert_close(var, var_ref, 10 * tol, "var")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["outlier_first", "outliers", "ramp", "step"])
+@pytest.mark.parametrize("shape", [(64, 3, 10, 10), (8, 4, 14, 14), (2, 3, 90, 90)],
+                         ids=["blocks", "one-block", "long-runs"])
+def test_channels_first_moments_follow_the_data(dtype, kind, shape):
+    """Channels first: a block is summed in one pass about the mean of its
+    first quarter (of its runs, or of a lone run). A first value far from the
+    rest, far values scattered through the first runs, a mean that drifts, or
+    that jumps halfway, at |mean|/std = 1e4, must keep the statistics to the
+    dtype's precision."""
+    rng = rng_for("cf-moments", kind, np.dtype(dtype).name, shape)
+    N, C = shape[:2]
+    xc = 1e4 + rng.standard_normal((C, N) + shape[2:])
+    flat = xc.reshape(C, -1)  # a view: each channel's values in memory order
+    if kind == "outlier_first":
+        flat[:, 0] += 1e3
+    elif kind == "outliers":
+        flat[:, ::37] += 1e3 * rng.choice([-1.0, 1.0], flat[:, ::37].shape)
+    elif kind == "ramp":
+        flat += np.arange(flat.shape[1]) * (20.0 / flat.shape[1])
+    else:
+        flat[:, flat.shape[1] // 2:] += 50.0
+    x = np.ascontiguousarray(xc.transpose(1, 0, 2, 3)).astype(dtype)
+    mean_ref, var_ref, _ = ref.batch_norm_stats(f64(x), channel_axis=1)
+    mean, var, _ = bnc.batch_norm_stats(x, channel_axis=1)
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    assert_close(mean, mean_ref, tol, "mean")
+    assert_close(var, var_ref, 10 * tol, "var")
+    y = bnc.batch_norm(x, None, None, None, None, training=True, channel_axis=1)
+    y_ref = (f64(x) - mean_ref.reshape(1, C, 1, 1)) / np.sqrt(var_ref + 1e-5).reshape(1, C, 1, 1)
+    assert_close(y, y_ref, 100 * tol, "y")
+
+
 @pytest.mark.parametrize("dtype,offset", [(np.float32, 1e4), (np.float64, 1e8),
                                           (np.float64, 1e6), (np.float16, 1e2)],
                          ids=["f32-1e4", "f64-1e8", "f64-1e6", "f16-1e2"])

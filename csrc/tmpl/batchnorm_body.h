@@ -56,7 +56,7 @@ typedef struct {
  * These loops are functions of their own: inlined into the large kernels,
  * they lose their registers to the caller's values and spill.
  * Blocks whose runs hold NL or more elements use the register-lane sums of
- * rowsums.h instead (sum_r, sqdev_r, dots_sum: a block's sums come back
+ * rowsums.h instead (moments_r, dots_sum: a block's sums come back
  * folded, and the blocks are added in double in block order); the loops
  * here take the shorter runs. */
 #include "rowsums.h" /* sum_p, sqdev_p, reg_sums_t (and lanes.h) */
@@ -478,8 +478,10 @@ BNC_HOT static void F(rows_moments)(const F(ctx_t) *k, int64_t r0, int64_t r1, c
 /* Slab layout: fold the blocks of chunk j of channel c into part[0..2].
  * Interleaved: chunk j of rows, every channel; part is [6][C]: n, mean, M2
  * and three rows of scratch (block mean and M2, shifts). Both reduce a block
- * two-pass while it is in cache (mean, then squared deviations from it) and
- * merge blocks with Chan's formula. */
+ * in one pass while it is in cache, about a shift near its mean (slab runs
+ * of NL or more: moments_r; shorter runs: the mean, then the squared
+ * deviations from it, sum_p and sqdev_p) and merge blocks with Chan's
+ * formula. */
 BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *part)
 {
     const F(ctx_t) *k = vctx;
@@ -501,8 +503,7 @@ BNC_HOT static void F(reduce_moments)(void *vctx, int64_t c, int64_t j, double *
                             &xs);
             blk.n = (double)((r1 - r0) * (i1 - i0));
             if (i1 - i0 >= F(NL)) { /* runs of NL or more: lanes in registers */
-                blk.mean = F(sum_r)(xb, xs, r1 - r0, i1 - i0, (P)K) / blk.n;
-                blk.m2 = F(sqdev_r)(xb, xs, r1 - r0, i1 - i0, (P)K, (P)blk.mean);
+                F(moments_r)(xb, xs, r1 - r0, i1 - i0, (P)K, &blk.mean, &blk.m2);
             } else {
                 F(sum_p)(xb, r1 - r0, xs, i1 - i0, (P)K, ls);
                 blk.mean = bnc_lanes_sum(ls) / blk.n;

@@ -104,24 +104,33 @@ static inline void F(gn_save)(const F(gctx_t) *k, int64_t j, P mean, double var,
 
 /* ---- NCHW ---- */
 
-/* Item j's sums of x - kx (kx its first value): mu = their mean. */
-static BNC_ALWAYS_INLINE void F(gn_sum_nchw)(const F(gctx_t) *k, int64_t j, P *kx, double *mu)
+/* Whether item j (L values) is reduced as one chunk with the lanes in
+ * registers: in one pass (moments_r), its M2 with its sums. */
+#define GN_ONE_CHUNK(L) ((!STAGED || (L) <= GN_STAGE) && (L) >= F(NL))
+
+/* Item j's sums of x - kx (kx its first value): mu = their mean; one chunk:
+ * m2 = the squared deviations from it too. */
+static BNC_ALWAYS_INLINE void F(gn_sum_nchw)(const F(gctx_t) *k, int64_t j, P *kx, double *mu,
+                                             double *m2)
 {
     const int64_t L = k->Cg * k->HW;
     const T *x = k->x + j * L;
     P bx[GN_STAGE];
     double a1[BNC_LANES] = {0};
     *kx = LOAD(x[0]);
-    if ((!STAGED || L <= GN_STAGE) && L >= F(NL)) { /* one chunk: lanes in registers */
-        *mu = F(sum_r)(GN_IN(bx, x, L), 0, 1, L, *kx) / (double)L;
+    if (GN_ONE_CHUNK(L)) {
+        F(moments_r)(GN_IN(bx, x, L), 0, 1, L, *kx, mu, m2);
         return;
     }
     GN_CHUNKS(L) F(sum_p)(GN_IN(bx, x + o, c_), 1, 0, c_, *kx, a1);
     *mu = bnc_lanes_sum(a1) / (double)L;
+    *m2 = 0; /* taken by gn_norm_nchw */
 }
 
-/* Item j's squared deviations, statistics and output, given its sums. */
-static BNC_ALWAYS_INLINE void F(gn_norm_nchw)(const F(gctx_t) *k, int64_t j, P kx, double mu)
+/* Item j's statistics (chunked: its squared deviations first) and output,
+ * given its sums. */
+static BNC_ALWAYS_INLINE void F(gn_norm_nchw)(const F(gctx_t) *k, int64_t j, P kx, double mu,
+                                              double m2)
 {
     const int64_t HW = k->HW, L = k->Cg * HW, c0 = (j % k->G) * k->Cg;
     const T *x = k->x + j * L;
@@ -129,14 +138,14 @@ static BNC_ALWAYS_INLINE void F(gn_norm_nchw)(const F(gctx_t) *k, int64_t j, P k
     P bx[GN_STAGE];
     double a2[BNC_LANES] = {0};
     double mean, var, invstd;
-    double ss;
-    if ((!STAGED || L <= GN_STAGE) && L >= F(NL)) { /* as gn_sum_nchw */
-        ss = F(sqdev_r)(GN_IN(bx, x, L), 0, 1, L, kx, (P)mu);
+    if (GN_ONE_CHUNK(L)) {
+        mean = (double)kx + mu;
+        var = m2 / (double)L;
+        invstd = 1.0 / sqrt(var + k->eps);
     } else {
         GN_CHUNKS(L) F(sqdev_p)(GN_IN(bx, x + o, c_), 1, 0, c_, kx, (P)mu, a2);
-        ss = bnc_lanes_sum(a2);
+        F(gn_stats)(mu, bnc_lanes_sum(a2), (double)L, kx, k->eps, &mean, &var, &invstd);
     }
-    F(gn_stats)(mu, ss, (double)L, kx, k->eps, &mean, &var, &invstd);
     const P cm = (P)mean;
     F(gn_save)(k, j, cm, var, (P)invstd);
     for (int64_t c = 0; c < k->Cg; c++) {
@@ -162,11 +171,11 @@ BNC_HOT static void F(gn_fwd_nchw)(const F(gctx_t) *k, int64_t j0, int64_t j1)
     for (int64_t j = j0; j < j1; j += u) {
         const int64_t e = j + u < j1 ? j + u : j1;
         P kx[GN_UNIT];
-        double mu[GN_UNIT];
+        double mu[GN_UNIT], m2[GN_UNIT];
         for (int64_t q = j; q < e; q++)
-            F(gn_sum_nchw)(k, q, kx + (q - j), mu + (q - j));
+            F(gn_sum_nchw)(k, q, kx + (q - j), mu + (q - j), m2 + (q - j));
         for (int64_t q = j; q < e; q++)
-            F(gn_norm_nchw)(k, q, kx[q - j], mu[q - j]);
+            F(gn_norm_nchw)(k, q, kx[q - j], mu[q - j], m2[q - j]);
     }
 }
 
@@ -586,4 +595,5 @@ int F(bnc_instancenorm_bwd)(int64_t N, int64_t C, int64_t HW, int channels_last,
 #undef GN_OUT
 #undef GN_PUT
 #undef GN_CHUNKS
+#undef GN_ONE_CHUNK
 #include "body_end.h"
