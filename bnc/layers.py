@@ -136,6 +136,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from bnc._core import output_like
 from bnc.batchnorm import (
     _momentum,
     _real,
@@ -661,7 +662,7 @@ class BatchNorm(_BatchNormBase):
                 raise ValueError(f"virtual batches of {self.virtual_batch_size} samples "
                                  f"leave {min(counts)} value(s) per channel in one: need "
                                  f"more than correction={self.correction}")
-            y = np.empty_like(xa)
+            y = output_like(xa)  # the virtual batches write into it
             saved = []
             for s in slices:  # one training kernel call per virtual batch
                 saved.append(batch_norm_forward(
@@ -686,7 +687,7 @@ class BatchNorm(_BatchNormBase):
             return batch_norm_backward(g, cache.x, self.weight, cache.saved,
                                        channel_axis=self.channel_axis,
                                        n_threads=self.n_threads)
-        dx = np.empty_like(cache.x)
+        dx = output_like(cache.x)
         dw = db = 0.0
         for s, sv in cache.saved:
             _, gw, gb = batch_norm_backward(g[s], cache.x[s], self.weight, sv,

@@ -80,6 +80,24 @@ def test_every_large_output_path_goes_through_the_cache(small_cache, call):
     assert np.array_equal(again, want)
 
 
+def test_virtual_batch_layer_outputs_go_through_the_cache(small_cache):
+    """bnc.layers.BatchNorm with virtual batches writes each slice's kernel
+    output into one array of x's size, forward and backward: both come from
+    the cache."""
+    x, _, _, _, _ = _case()
+    dy = np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
+    layer = bnc.layers.BatchNorm(x.shape[1], virtual_batch_size=2)
+    y = layer.forward(x)
+    dx = layer.backward(dy)
+    want_y, want_dx = y.copy(), dx.copy()
+    del y, dx
+    assert held() >= 2 * x.nbytes
+    y = layer.forward(x)
+    dx = layer.backward(dy)
+    assert held() == 0          # each took a kept block
+    assert np.array_equal(y, want_y) and np.array_equal(dx, want_dx)
+
+
 def test_small_outputs_and_views(small_cache):
     x, w, b, rm, rv = _case((2, 8, 16, 16))      # 16 KiB: under the minimum
     y = bnc.batch_norm(x, w, b, rm, rv)
