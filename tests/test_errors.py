@@ -457,6 +457,22 @@ def test_set_num_threads_zero(restore_threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=["f32", "f64", "f16"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_inf_early_in_a_block_gives_an_inf_mean(bad, dtype):
+    """An inf among the first values of a block (those its one-pass shift is
+    taken from) still gives the channel's or group's mean as that inf, as
+    PyTorch's mean does, and a NaN variance; other channels stay finite."""
+    x = np.random.default_rng(7).standard_normal((8, 3, 10, 10)).astype(dtype)
+    x[1, 1, 0, 3] = bad  # second sample: in the block's first quarter, not its first value
+    mean, var, _ = bnc.batch_norm_stats(x)
+    assert mean[1] == bad and np.isnan(var[1])
+    assert np.all(np.isfinite(np.delete(mean, 1))) and np.all(np.isfinite(np.delete(var, 1)))
+    _, saved = bnc.group_norm_forward(x, 3, None, None)
+    assert saved.mean[1, 1] == bad and np.isnan(saved.invstd[1, 1])
+    assert np.isfinite(np.delete(saved.mean.ravel(), 4)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=["f32", "f64", "f16"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("shape,channel_axis", [((4, 3, 5), 1), ((8, 16, 32, 32), 1),
                                                 ((8, 32, 32, 16), -1), ((4096, 16), 1)],

@@ -863,8 +863,7 @@ static inline void F(norm_row)(const T *x, T *y, int64_t n, const P *restrict m,
  * are loaded once. The same operations as norm_row / the backward's row
  * loop, so the same bits. float32/float64 (the stores are vector stores of
  * P); x and y (dy, dx) may be the same array: a vector's four rows are all
- * loaded before any is stored.
- * ROWS4(v, V) runs V(v, q) for the four rows q = 0..3. */
+ * loaded before any is stored. BNC_ROWS4(V) runs V(q) for q = 0..3. */
 #define BNC_ROWS4(V) V(0) V(1) V(2) V(3)
 #if !STAGED
 #define BNC_WSTORE(p, v) (*(F(uwvec_t) *)(p) = (v))
@@ -1004,8 +1003,9 @@ static BNC_ALWAYS_INLINE void F(apply_norm_t)(void *vctx, int64_t c0, int64_t c1
 #if !STAGED
     if (!fused && k->plan.interleaved && yc == 1) /* four rows at a time, then the rest */
         for (; r + 4 <= r1; r += 4)
-            F(norm_rows4)(k->x + r * k->xs.outer + c0, k->xs.outer, k->out + r * k->os.outer + c0,
-                          k->os.outer, c1 - c0, m + c0, a + c0, s + c0);
+            F(norm_rows4)(k->x + r * k->xs.outer + c0, k->xs.outer,
+                          k->out + r * k->os.outer + c0, k->os.outer, c1 - c0, m + c0, a + c0,
+                          s + c0);
 #endif
     for (; r < r1; r++) {
         const T *xr = k->x + r * k->xs.outer;
@@ -1084,14 +1084,15 @@ static BNC_ALWAYS_INLINE void F(apply_grad_t)(void *vctx, int64_t c0, int64_t c1
     /* four rows at a time, unless rows a multiple of 4 KiB apart would put
      * the 12 lines of an iteration in one set of L1 (256x1024 backward:
      * 104 -> 127 us; not in the forward, 2 arrays) */
-    if (k->plan.interleaved && dc == 1 && gst.channel == 1 &&
-        ((gst.outer % (4096 / (int64_t)sizeof(T))) && (k->xs.outer % (4096 / (int64_t)sizeof(T))) &&
-         (k->os.outer % (4096 / (int64_t)sizeof(T)))))
+    const int64_t page = 4096 / (int64_t)sizeof(T);
+    if (k->plan.interleaved && dc == 1 && gst.channel == 1 && gst.outer % page &&
+        k->xs.outer % page && k->os.outer % page)
         for (; r + 4 <= r1; r += 4)
             F(grad_rows4)(gsrc + r * gst.outer + c0, gst.outer,
                           mode == 2 ? k->yact + r * k->yas.outer + c0 : NULL, k->yas.outer,
-                          k->x + r * k->xs.outer + c0, k->xs.outer, k->out + r * k->os.outer + c0,
-                          k->os.outer, c1 - c0, m + c0, a + c0, g + c0, s + c0, mode == 2);
+                          k->x + r * k->xs.outer + c0, k->xs.outer,
+                          k->out + r * k->os.outer + c0, k->os.outer, c1 - c0, m + c0, a + c0,
+                          g + c0, s + c0, mode == 2);
 #endif
     for (; r < r1; r++) {
         const T *restrict xr = k->x + r * k->xs.outer;

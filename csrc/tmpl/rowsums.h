@@ -256,7 +256,8 @@ static inline void F(moments_r)(const P *restrict x, int64_t xs, int64_t rows, i
     int64_t qn = rows > 1 ? n : (n + 3) / 4;
     double s1, s2, d;
     qn = qn < F(NL) ? F(NL) : qn; /* n >= NL */
-    const P k = (P)((double)K + F(sum_r)(x, xs, qr, qn, K) / (double)(qr * qn));
+    P k = (P)((double)K + F(sum_r)(x, xs, qr, qn, K) / (double)(qr * qn));
+    k = k - k == 0 ? k : K; /* an inf among the quarter: about K, so the mean is inf */
     F(reg_sums_t)(x, xs, x, xs, rows, n, k, 0, &s1, &s2, BNC_RS_MOM);
     d = s1 / (double)(rows * n);
     *mean = ((double)k - (double)K) + d;
