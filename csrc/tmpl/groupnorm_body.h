@@ -381,13 +381,40 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
         r.p1[c] = r.p2[c] = 0;
     }
     for (int64_t i = 0; i < HW; i++) {
-        const P *restrict xi = GN_IN(r.bx, x + i * C, C);
-        const P *restrict gi = GN_IN(r.bg, dy + i * C, C);
         P *restrict p1 = r.p1, *restrict p2 = r.p2;
         const P *restrict mc = r.m;
-        for (int64_t c = 0; c < C; c++) {
-            p1[c] += gi[c];
-            p2[c] += gi[c] * (xi[c] - mc[c]);
+#if !STAGED
+        if (i + 4 <= HW && i % BNC_SUB <= BNC_SUB - 4) {
+            /* four rows into each partial, loaded and stored once: the same
+             * additions in the same order as a row at a time */
+            const P *gi = dy + i * C, *xi = x + i * C;
+            int64_t c = 0;
+            for (; c + F(WL) <= C; c += F(WL)) {
+                F(wvec_t) s1 = BNC_WLOAD(p1 + c), s2 = BNC_WLOAD(p2 + c);
+                const F(wvec_t) mv = BNC_WLOAD(mc + c);
+                for (int q = 0; q < 4; q++) {
+                    const F(wvec_t) g = BNC_WLOAD(gi + q * C + c);
+                    s1 += g;
+                    s2 += g * (BNC_WLOAD(xi + q * C + c) - mv);
+                }
+                memcpy(p1 + c, &s1, sizeof s1);
+                memcpy(p2 + c, &s2, sizeof s2);
+            }
+            for (; c < C; c++)
+                for (int q = 0; q < 4; q++) {
+                    p1[c] += gi[q * C + c];
+                    p2[c] += gi[q * C + c] * (xi[q * C + c] - mc[c]);
+                }
+            i += 3; /* the last of the four */
+        } else
+#endif
+        {
+            const P *restrict xi = GN_IN(r.bx, x + i * C, C);
+            const P *restrict gi = GN_IN(r.bg, dy + i * C, C);
+            for (int64_t c = 0; c < C; c++) {
+                p1[c] += gi[c];
+                p2[c] += gi[c] * (xi[c] - mc[c]);
+            }
         }
         if (i % BNC_SUB == BNC_SUB - 1 || i == HW - 1) {
             F(gn_flush)(r.d1, r.p1, C);
@@ -419,7 +446,35 @@ BNC_HOT static void F(gn_bwd_nhwc)(const F(gctx_t) *k, int64_t n, F(gscr_t) r)
     T *dx = k->y + n * HW * C;
     const P *restrict wc = r.k, *restrict cac = r.p1, *restrict mc = r.m, *restrict cgc = r.cl,
                       *restrict sc = r.a;
-    for (int64_t i = 0; i < HW; i++) {
+    int64_t i = 0;
+#if !STAGED
+    /* four rows at a time, each channel's coefficients loaded once for them
+     * (a row at a time, their five loads a vector bound the loop); all four
+     * rows of a vector are read before any is written, as dx may be dy */
+    if (!k->frozen)
+        for (; i + 4 <= HW; i += 4) {
+            const P *gi = dy + i * C, *xi = x + i * C;
+            P *di = dx + i * C;
+            int64_t c = 0;
+            for (; c + F(WL) <= C; c += F(WL)) {
+                const F(wvec_t) wv = BNC_WLOAD(wc + c), av = BNC_WLOAD(cac + c),
+                                mv = BNC_WLOAD(mc + c), gv = BNC_WLOAD(cgc + c),
+                                sv = BNC_WLOAD(sc + c);
+                F(wvec_t) v[4];
+                for (int q = 0; q < 4; q++)
+                    v[q] = ((BNC_WLOAD(gi + q * C + c) * wv - av) -
+                            (BNC_WLOAD(xi + q * C + c) - mv) * gv) * sv;
+                for (int q = 0; q < 4; q++)
+                    memcpy(di + q * C + c, &v[q], sizeof v[q]);
+            }
+            for (; c < C; c++)
+                for (int q = 0; q < 4; q++)
+                    di[q * C + c] =
+                        ((gi[q * C + c] * wc[c] - cac[c]) - (xi[q * C + c] - mc[c]) * cgc[c]) *
+                        sc[c];
+        }
+#endif
+    for (; i < HW; i++) {
         const P *xi = GN_IN(r.bx, x + i * C, C), *gi = GN_IN(r.bg, dy + i * C, C);
         P *di = GN_OUT(r.bo, dx + i * C); /* dx may be dy */
         if (k->frozen) /* (x - m) * 0 would turn an infinite x into NaN */
